@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""queuecore benchmarks: queuecore beside the raw database floor and its peers, one run.
+
+    python benchmarks/bench.py                  # full run, N=20000, median of 3
+    python benchmarks/bench.py --quick          # smoke run (CI): N=500, 1 repetition
+    python benchmarks/bench.py --only sqlite    # cases whose name contains "sqlite"
+    python benchmarks/bench.py --list           # the registered cases
+
+Each repetition of each case runs in its own process group under a timeout;
+a case that fails prints "failed: <reason>" in its row, one that cannot run
+here (package not installed, no PostgreSQL) prints "skipped: <reason>".
+Every figure is printed with its ratio to a floor measured in the same run.
+Exit status: 1 if a floor or a queuecore case failed, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import harness  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny N, 1 repetition, skip slow cases")
+    p.add_argument("--n", type=int, default=None, help="items per case (default 20000; 500 with --quick)")
+    p.add_argument("-r", "--repeat", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
+    p.add_argument("--only", action="append", default=[],
+                   help="run cases whose name contains this (or matches this glob); repeatable")
+    p.add_argument("--skip", action="append", default=[], help="skip cases matching this; repeatable")
+    p.add_argument("--no-floors", action="store_true", help="with --only: do not add the floors the selection needs")
+    p.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/queuecore-bench"),
+                   help="scratch folder for SQLite files (default /tmp/queuecore-bench)")
+    p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every case's timeout")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="show each child's stderr")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def matches(name, pats):
+    return any(pat in name or fnmatch.fnmatch(name, pat) for pat in pats)
+
+
+def select(cases, args):
+    chosen = [c for c in cases.values() if (not args.quick or c.quick)]
+    if args.only:
+        wanted = [c for c in chosen if matches(c.name, args.only)]
+        if not args.no_floors:
+            need = set()
+            for c in wanted:
+                for m in list(c.floors.values()) + [harness.DEFAULT_FLOORS.get((c.backend, k)) for k in ("enqueue", "drain")]:
+                    if m:
+                        need.add(m.split(":")[0])
+            wanted_names = {c.name for c in wanted} | need
+            wanted = [c for c in chosen if c.name in wanted_names]
+        chosen = wanted
+    if args.skip:
+        chosen = [c for c in chosen if not matches(c.name, args.skip)]
+    return chosen
+
+
+def run_child(c, n, quick, workdir, timeout, verbose):
+    """One repetition of case c in a fresh process group. Returns the child's result dict."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", c.name, "--n", str(n),
+           "--workdir", workdir] + (["--quick"] if quick else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=HERE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the child's own group: it and its workers
+        except ProcessLookupError:
+            pass
+        out, err = proc.communicate()
+        return {"ok": False, "reason": f"timeout after {timeout:.0f}s"}
+    if verbose and err.strip():
+        sys.stderr.write(f"--- {c.name} stderr ---\n{err}\n")
+    for line in reversed(out.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (err.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+    return {"ok": False, "reason": f"crashed: {tail}"[:200]}
+
+
+def fmt_value(v, unit):
+    if v is None:
+        return "-"
+    if unit == "items/s":
+        return f"{v:,.0f}"
+    return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def machine_info():
+    import sqlite3
+
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    try:
+        import psycopg
+
+        with psycopg.connect(harness.DEFAULT_PG_ADMIN_URL, connect_timeout=3) as conn:
+            info["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
+    except Exception:  # noqa: BLE001
+        info["postgresql"] = "not reachable"
+    from importlib import metadata
+
+    for dist in ("queuecore", "peewee", "pluggy", "psycopg", "huey", "persist-queue",
+                 "procrastinate", "pgqueuer"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return info
+
+
+def print_table(rows, markdown=False):
+    head = ["case", "metric", "backend", "value", "unit", "vs floor", "floor"]
+    body = [[r["case"], r["metric"], r["backend"], r["value_s"], r["unit"], r["ratio_s"], r["floor"] or "-"]
+            for r in rows]
+    if markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "|".join("---" for _ in head) + "|")
+        for b in body:
+            print("| " + " | ".join(b) + " |")
+        return
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    right = {3, 5}
+    line = lambda cells: "  ".join(c.rjust(w) if i in right else c.ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    print(line(head))
+    print("  ".join("-" * w for w in widths))
+    for b in body:
+        print(line(b))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    n = args.n or (500 if args.quick else 20000)
+    if args.child:
+        return harness.child_main(args.child, n, args.quick, os.path.join(args.workdir, args.child))
+    cases = harness.load_cases()
+    if args.list:
+        for c in cases.values():
+            print(f"{c.name:32} {c.backend:11} {c.group:9} {'quick' if c.quick else '     '} {c.note}")
+        return 0
+    repeat = args.repeat or (1 if args.quick else 3)
+    chosen = select(cases, args)
+    info = machine_info()
+    print(f"# queuecore benchmarks  N={n}  R={repeat}{'  (quick)' if args.quick else ''}")
+    print("# " + "  ".join(f"{k}={v}" for k, v in info.items()))
+    os.makedirs(args.workdir, exist_ok=True)
+
+    results = {}  # case -> {"ok":..., "metrics": {m: median}, "reason":...}
+    failed_core = False
+    t_all = time.perf_counter()
+    for c in chosen:
+        reps = 1 if args.quick else (c.repeat or repeat)
+        timeout = (min(c.timeout, 60) if args.quick else c.timeout) * args.timeout_scale
+        samples, outcome = {}, None
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            res = run_child(c, n, args.quick, args.workdir, timeout, args.verbose)
+            if not res.get("ok"):
+                outcome = res
+                break
+            for m, v in res["metrics"].items():
+                samples.setdefault(m, []).append(v)
+        if outcome is None:
+            outcome = {"ok": True, "metrics": {m: harness.median(v) for m, v in samples.items()},
+                       "samples": samples}
+        results[c.name] = outcome
+        status = "ok" if outcome["ok"] else ("skipped" if outcome.get("skip") else "FAILED")
+        print(f"#   {c.name}: {status} in {time.perf_counter() - t0:.1f}s"
+              + ("" if outcome["ok"] else f" ({outcome['reason']})"), file=sys.stderr, flush=True)
+        if status == "FAILED" and c.group in ("floor", "queuecore"):
+            failed_core = True
+
+    rows = []
+    for c in chosen:
+        res = results[c.name]
+        if not res["ok"]:
+            word = "skipped" if res.get("skip") else "failed"
+            rows.append({"case": c.name, "metric": "-", "backend": c.backend,
+                         "value": None, "value_s": f"{word}: {res['reason']}", "unit": "",
+                         "ratio": None, "ratio_s": "-", "floor": None})
+            continue
+        for m, v in res["metrics"].items():
+            unit = c.unit_of(m)
+            floor = c.floor_of(m)
+            ratio = None
+            if floor:
+                fc, fm = floor.split(":")
+                fres = results.get(fc)
+                if fres and fres["ok"] and fres["metrics"].get(fm):
+                    ratio = v / fres["metrics"][fm]
+            rows.append({"case": c.name, "metric": m, "backend": c.backend, "value": v,
+                         "value_s": fmt_value(v, unit), "unit": unit, "ratio": ratio,
+                         "ratio_s": "-" if ratio is None else f"{ratio:.2f}x", "floor": floor})
+    print()
+    print_table(rows, markdown=args.markdown)
+    print(f"\n# total {time.perf_counter() - t_all:.0f}s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"n": n, "repeat": repeat, "quick": args.quick, "machine": info,
+                       "rows": rows, "results": results}, f, indent=1)
+    return 1 if failed_core else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,601 @@
+"""Opening a database from a URL, the schema, and every query the queue runs.
+
+Backend differences (SQLite, PostgreSQL, MySQL/MariaDB) live here and nowhere
+else. The runner's hot path (claim, write-back, lease renewal, bulk insert) is
+hand-written SQL run through the driver's cursor, because peewee's query
+building costs more than the statements themselves at these batch sizes;
+everything an operator runs (get, list, counts, retry, purge) goes through
+the peewee models.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import select
+import threading
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import peewee
+from playhouse import db_url
+
+from .errors import ConfigurationError
+from .models import ACTIVE_STATUSES, SCHEMA_VERSION, QueueItem, SchemaInfo, Status
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite:///queuecore.db"
+URL_ENV_VAR = "QUEUECORE_DATABASE_URL"
+NOTIFY_CHANNEL = "queuecore"
+
+#: How long a SQLite connection waits for another writer before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+# Errors that mean "the database or the connection to it is not there right
+# now" as opposed to a bad statement: the runner reconnects and carries on.
+CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC now: every time column holds naive UTC."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, fit for logs and error messages."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_database(url: str) -> peewee.Database:
+    """A peewee database for ``url`` (``sqlite:///path``, ``postgresql://...``, ``mysql://...``).
+
+    Raises :class:`ConfigurationError` (a ``ValueError``) for a URL that names
+    no known backend, or a SQLite path whose folder does not exist.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"not a database URL: {url!r} (expected sqlite:///path, postgresql://... or mysql://...)"
+        )
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "sqlite":
+        return _open_sqlite(url)
+    if scheme in ("postgres", "postgresql"):
+        _require_driver("psycopg", "postgres", url)
+        try:
+            return db_url.connect(url, prefer_psycopg3=True, autorollback=True)
+        except ValueError as exc:  # bad port and the like
+            raise ConfigurationError(f"bad database URL {redact_url(url)}: {exc}") from None
+    if scheme == "mysql":
+        _require_driver("pymysql", "mysql", url)
+        try:
+            return db_url.connect(url, charset="utf8mb4", autorollback=True)
+        except ValueError as exc:
+            raise ConfigurationError(f"bad database URL {redact_url(url)}: {exc}") from None
+    raise ConfigurationError(
+        f"unknown database scheme {scheme!r} in {redact_url(url)}: use sqlite, postgresql or mysql"
+    )
+
+
+def _require_driver(module: str, extra: str, url: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise ConfigurationError(
+            f"{redact_url(url)} needs the {module} driver: pip install 'queuecore[{extra}]'"
+        ) from None
+
+
+def _open_sqlite(url: str) -> peewee.SqliteDatabase:
+    path = url.split("://", 1)[1]
+    if path.startswith("/"):
+        path = path[1:]  # sqlite:///rel.db -> rel.db; sqlite:////abs.db -> /abs.db
+    path = urllib.parse.unquote(path.split("?", 1)[0])
+    if not path:
+        raise ConfigurationError(f"no file name in SQLite URL {url!r}")
+    if path != ":memory:":
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ConfigurationError(f"folder {folder!r} of SQLite database {path!r} does not exist")
+    return peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": "normal",
+    "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+    "foreign_keys": 1,
+}
+
+
+def backend_of(db: peewee.Database) -> str:
+    if isinstance(db, peewee.SqliteDatabase):
+        return "sqlite"
+    if isinstance(db, peewee.PostgresqlDatabase):
+        return "postgres"
+    if isinstance(db, peewee.MySQLDatabase):
+        return "mysql"
+    raise ConfigurationError(f"unsupported peewee database {type(db).__name__}")
+
+
+@dataclass(slots=True)
+class ClaimedRow:
+    """A claimed item as the database returned it, before decoding."""
+
+    id: int
+    type: str
+    payload: Any
+    trials: int
+    results: Any
+    errors: Any
+    priority: int
+    creation_dtime: Any
+    lasttry_dtime: Any
+    claim_token: int
+
+
+#: One write-back: (status, trials, results, errors, run_after, lasttry_dtime, id, claim_token),
+#: results and errors already JSON text, times naive UTC.
+Outcome = tuple[int, int, str, str, dt.datetime, dt.datetime | None, int, int]
+
+_CLAIMED_COLUMNS = (
+    "id, type, payload, trials, results, errors, priority, creation_dtime, lasttry_dtime, claim_token"
+)
+
+
+class Storage:
+    """Every query of one queue database."""
+
+    def __init__(self, database: peewee.Database) -> None:
+        self.db = database
+        self.backend = backend_of(database)
+        self.Item, self.Schema = _bind_models(database)
+        self.table = QueueItem._meta.table_name
+        self._param = "?" if self.backend == "sqlite" else "%s"
+        self._json_param = "CAST(%s AS jsonb)" if self.backend == "postgres" else self._param
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._build_statements()
+
+    # -- connections --------------------------------------------------------
+
+    def transaction(self):
+        """A write transaction; on SQLite it takes the write lock at BEGIN, so
+        two writers queue at the busy timeout instead of deadlocking on upgrade."""
+        if self.backend == "sqlite":
+            return self.db.atomic("IMMEDIATE")
+        return self.db.atomic()
+
+    def reset_connection(self) -> None:
+        """Drop this thread's connection after an error; the next query reconnects."""
+        try:
+            if not self.db.is_closed():
+                self.db.close()
+        except Exception:  # the connection is already broken; nothing to save
+            log.debug("closing a broken connection failed", exc_info=True)
+            try:
+                self.db._state.reset()
+            except Exception:
+                pass
+
+    # -- schema -------------------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                self.create_schema()
+
+    def create_schema(self) -> int:
+        """Create or upgrade the tables and indexes; idempotent. Returns the schema version."""
+        with self.db.atomic():
+            self.db.create_tables([self.Item, self.Schema], safe=True)
+            self._create_claim_index()
+            version = self.schema_version()
+            if version is None:
+                self.Schema.insert(key="version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
+            elif version > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"the database's queuecore schema is version {version}, newer than this "
+                    f"queuecore understands ({SCHEMA_VERSION}): upgrade queuecore"
+                )
+            # Later releases migrate from `version` to SCHEMA_VERSION here.
+        self._schema_ready = True
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int | None:
+        row = self.Schema.get_or_none(self.Schema.key == "version")
+        return int(row.value) if row else None
+
+    def _create_claim_index(self) -> None:
+        # The claim walks this index in its ORDER BY and stops after `limit`
+        # due rows, so it neither sorts the backlog nor reads done rows: the
+        # partial index holds only claimable statuses.
+        name = f"{self.table}_claim"
+        if self.backend == "sqlite":
+            self.db.execute_sql(
+                f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} "
+                f"(priority DESC, run_after) WHERE status < {Status.DONE:d}"
+            )
+        elif self.backend == "postgres":
+            self.db.execute_sql(
+                f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} "
+                f"(priority DESC, run_after, id) WHERE status < {Status.DONE:d}"
+            )
+        else:
+            # MySQL has no partial indexes; leading with status keeps done
+            # rows out of the claim's range (the due rows are then sorted).
+            exists = self.db.execute_sql(
+                "SELECT COUNT(*) FROM information_schema.statistics "
+                "WHERE table_schema = DATABASE() AND table_name = %s AND index_name = %s",
+                (self.table, name),
+            ).fetchone()[0]
+            if not exists:
+                self.db.execute_sql(
+                    f"CREATE INDEX {name} ON {self.table} (status, priority, run_after, id)"
+                )
+
+    def explain_claim(self) -> str:
+        """The backend's plan for the claim's SELECT, for tests and operators."""
+        now = utcnow()
+        prefix = {"sqlite": "EXPLAIN QUERY PLAN ", "postgres": "EXPLAIN ", "mysql": "EXPLAIN "}[self.backend]
+        cursor = self.db.execute_sql(prefix + self._select_due_sql, (self._time(now), 500))
+        return "\n".join(" ".join(str(c) for c in row) for row in cursor.fetchall())
+
+    # -- the hot path -------------------------------------------------------
+
+    def _build_statements(self) -> None:
+        p, j, t = self._param, self._json_param, self.table
+        due = f"status < {Status.DONE:d} AND run_after <= {p}"
+        order = "ORDER BY priority DESC, run_after, id"
+        self._select_due_sql = f"SELECT id FROM {t} WHERE {due} {order} LIMIT {p}"
+        lock = " FOR UPDATE SKIP LOCKED" if self.backend != "sqlite" else ""
+        # An item still in progress whose lease ran out was abandoned by a
+        # runner that died: that try counts.
+        claim_set = (
+            f"status = {Status.IN_PROGRESS:d}, lease_owner = {p}, lease_expires = {p}, run_after = {p}, "
+            f"claim_token = claim_token + 1, "
+            f"trials = trials + CASE WHEN status = {Status.IN_PROGRESS:d} THEN 1 ELSE 0 END"
+        )
+        self._claim_sql = (
+            f"UPDATE {t} SET {claim_set} WHERE id IN ({self._select_due_sql}{lock}) "
+            f"RETURNING {_CLAIMED_COLUMNS}"
+        )
+        self._mysql_lock_sql = self._select_due_sql + lock
+        self._mysql_claim_update_sql = f"UPDATE {t} SET {claim_set} WHERE id IN ({{ids}})"
+        self._mysql_claim_select_sql = f"SELECT {_CLAIMED_COLUMNS} FROM {t} WHERE id IN ({{ids}})"
+        self._write_back_sql = (
+            f"UPDATE {t} SET status = {p}, trials = {p}, results = {j}, errors = {j}, run_after = {p}, "
+            f"lasttry_dtime = {p}, lease_owner = NULL, lease_expires = NULL "
+            f"WHERE id = {p} AND claim_token = {p}"
+        )
+        self._renew_sql = (
+            f"UPDATE {t} SET lease_expires = {p}, run_after = {p} "
+            f"WHERE id = {p} AND claim_token = {p} AND status = {Status.IN_PROGRESS:d}"
+        )
+        self._insert_sql = (
+            f"INSERT INTO {t} (type, payload, status, trials, results, errors, priority, run_after, "
+            f"claim_token, creation_dtime) VALUES ({p}, {j}, {Status.PENDING:d}, 0, '{{}}', '{{}}', {p}, {p}, 0, {p})"
+        )
+
+    def _time(self, value: dt.datetime | None) -> Any:
+        # SQLite stores text; a fixed-width format keeps text order = time order.
+        if value is None or self.backend != "sqlite":
+            return value
+        return value.isoformat(" ", "microseconds")
+
+    def parse_time(self, value: Any) -> dt.datetime | None:
+        if value is None or isinstance(value, dt.datetime):
+            return value
+        return dt.datetime.fromisoformat(value)
+
+    def claim(self, owner: str, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[ClaimedRow]:
+        """Atomically take up to ``limit`` due items, highest priority then oldest first."""
+        until = self._time(lease_until)
+        if self.backend == "mysql":
+            return self._claim_mysql(owner, now, until, limit)
+        with self.transaction():
+            cursor = self.db.execute_sql(self._claim_sql, (owner, until, until, self._time(now), limit))
+            rows = cursor.fetchall()
+        claimed = [ClaimedRow(*row) for row in rows]
+        # RETURNING gives no order; process highest priority, then oldest, first.
+        claimed.sort(key=lambda r: (-r.priority, r.id))
+        return claimed
+
+    def _claim_mysql(self, owner: str, now: dt.datetime, until: Any, limit: int) -> list[ClaimedRow]:
+        # MySQL has no UPDATE ... RETURNING and refuses LIMIT in an IN
+        # subquery: lock the rows, update them, read them, in one transaction.
+        with self.transaction():
+            ids = [r[0] for r in self.db.execute_sql(self._mysql_lock_sql, (now, limit)).fetchall()]
+            if not ids:
+                return []
+            marks = ", ".join(["%s"] * len(ids))
+            self.db.execute_sql(self._mysql_claim_update_sql.format(ids=marks), (owner, until, until, *ids))
+            rows = self.db.execute_sql(self._mysql_claim_select_sql.format(ids=marks), ids).fetchall()
+        claimed = [ClaimedRow(*row) for row in rows]
+        claimed.sort(key=lambda r: (-r.priority, r.id))
+        return claimed
+
+    def write_back(self, outcomes: Sequence[Outcome]) -> int:
+        """Store the outcomes of a batch in one transaction, each fenced by its claim token.
+
+        Returns how many rows were written; an outcome whose token no longer
+        matches (another runner took the item after this one's lease ran out)
+        is dropped, so a stale runner never overwrites newer work.
+        """
+        if not outcomes:
+            return 0
+        if self.backend == "sqlite":
+            outcomes = [
+                (s, tr, r, e, self._time(ra), self._time(lt), i, tok) for (s, tr, r, e, ra, lt, i, tok) in outcomes
+            ]
+        with self.transaction():
+            cursor = self.db.cursor()
+            cursor.executemany(self._write_back_sql, outcomes)
+            written = cursor.rowcount
+        return written if written is not None and written >= 0 else len(outcomes)
+
+    def renew_leases(self, held: Iterable[tuple[int, int]], until: dt.datetime) -> int:
+        """Push back the lease of each (id, claim_token) still held; returns how many were renewed."""
+        t = self._time(until)
+        params = [(t, t, item_id, token) for item_id, token in held]
+        if not params:
+            return 0
+        with self.transaction():
+            cursor = self.db.cursor()
+            cursor.executemany(self._renew_sql, params)
+            return cursor.rowcount
+
+    def insert(self, rows: Sequence[tuple[str, str, int, dt.datetime]], now: dt.datetime) -> list[int]:
+        """Insert (type, payload JSON text, priority, run_after) rows in one transaction; ids in order."""
+        created = self._time(now)
+        params = [(typ, payload, prio, self._time(run_after), created) for typ, payload, prio, run_after in rows]
+        with self.transaction():
+            cursor = self.db.cursor()
+            if self.backend == "sqlite":
+                cursor.executemany(self._insert_sql, params)
+                # AUTOINCREMENT under the write lock hands out consecutive ids.
+                last = self.db.execute_sql("SELECT last_insert_rowid()").fetchone()[0]
+                ids = list(range(last - len(params) + 1, last + 1))
+            elif self.backend == "postgres":
+                ids = self._insert_returning_postgres(cursor, params)
+                self.db.execute_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+            else:
+                ids = self._insert_mysql(cursor, params)
+        return ids
+
+    def _insert_returning_postgres(self, cursor: Any, params: list[tuple]) -> list[int]:
+        ids: list[int] = []
+        for start in range(0, len(params), 1000):
+            chunk = params[start : start + 1000]
+            values = ", ".join(["(%s, CAST(%s AS jsonb), 0, 0, '{}', '{}', %s, %s, 0, %s)"] * len(chunk))
+            cursor.execute(
+                f"INSERT INTO {self.table} (type, payload, status, trials, results, errors, priority, "
+                f"run_after, claim_token, creation_dtime) VALUES {values} RETURNING id",
+                [v for row in chunk for v in row],
+            )
+            # A multi-row VALUES insert returns its rows in VALUES order.
+            ids.extend(r[0] for r in cursor.fetchall())
+        return ids
+
+    def _insert_mysql(self, cursor: Any, params: list[tuple]) -> list[int]:
+        ids: list[int] = []
+        for start in range(0, len(params), 1000):
+            chunk = params[start : start + 1000]
+            values = ", ".join(["(%s, %s, 0, 0, '{}', '{}', %s, %s, 0, %s)"] * len(chunk))
+            cursor.execute(
+                f"INSERT INTO {self.table} (type, payload, status, trials, results, errors, priority, "
+                f"run_after, claim_token, creation_dtime) VALUES {values}",
+                [v for row in chunk for v in row],
+            )
+            # One multi-row INSERT gets consecutive ids from its first one.
+            first = cursor.lastrowid
+            ids.extend(range(first, first + len(chunk)))
+        return ids
+
+    # -- waiting for work ---------------------------------------------------
+
+    def make_waiter(self) -> Waiter:
+        if self.backend == "postgres":
+            return PostgresWaiter(self.db)
+        return Waiter()
+
+    # -- operator queries (peewee) ------------------------------------------
+
+    def get_row(self, item_id: int) -> QueueItem | None:
+        return self.Item.get_or_none(self.Item.id == item_id)
+
+    def counts(self) -> dict[Status, int]:
+        found = dict(
+            self.Item.select(self.Item.status, peewee.fn.COUNT(self.Item.id)).group_by(self.Item.status).tuples()
+        )
+        return {status: found.get(int(status), 0) for status in Status}
+
+    def counts_by_type(self) -> dict[str, dict[Status, int]]:
+        query = (
+            self.Item.select(self.Item.type, self.Item.status, peewee.fn.COUNT(self.Item.id))
+            .group_by(self.Item.type, self.Item.status)
+            .tuples()
+        )
+        by_type: dict[str, dict[Status, int]] = {}
+        for typ, status, n in query:
+            by_type.setdefault(typ, {s: 0 for s in Status})[Status(status)] = n
+        return dict(sorted(by_type.items()))
+
+    def oldest_due(self, now: dt.datetime) -> dt.datetime | None:
+        """run_after of the longest-waiting item that is due and not in progress."""
+        return (
+            self.Item.select(peewee.fn.MIN(self.Item.run_after))
+            .where(self.Item.status.in_([Status.PENDING, Status.NEED_RETRY]), self.Item.run_after <= now)
+            .scalar()
+        )
+
+    def has_due(self, now: dt.datetime) -> bool:
+        return (
+            self.Item.select(self.Item.id)
+            .where(self.Item.status < Status.DONE, self.Item.run_after <= now)
+            .exists()
+        )
+
+    def select_rows(
+        self,
+        statuses: Sequence[Status] | None = None,
+        types: Sequence[str] | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[QueueItem]:
+        query = self.Item.select().order_by(self.Item.id.desc()).limit(limit)
+        if statuses:
+            query = query.where(self.Item.status.in_([int(s) for s in statuses]))
+        if types:
+            query = query.where(self.Item.type.in_(list(types)))
+        if before_id is not None:
+            query = query.where(self.Item.id < before_id)
+        return list(query)
+
+    def retry(
+        self,
+        ids: Sequence[int] | None,
+        statuses: Sequence[Status] | None,
+        types: Sequence[str] | None,
+        reset: bool,
+        now: dt.datetime,
+    ) -> int:
+        """Make matching items pending and due now with trials 0; returns how many.
+
+        Items in progress are never touched: their runner still owns them.
+        """
+        fields: dict[Any, Any] = {
+            self.Item.status: Status.PENDING,
+            self.Item.trials: 0,
+            self.Item.run_after: now,
+            self.Item.lease_owner: None,
+            self.Item.lease_expires: None,
+        }
+        if reset:
+            fields[self.Item.results] = {}
+            fields[self.Item.errors] = {}
+        query = self.Item.update(fields).where(self.Item.status != Status.IN_PROGRESS)
+        if ids is not None:
+            query = query.where(self.Item.id.in_(list(ids)))
+        if statuses:
+            query = query.where(self.Item.status.in_([int(s) for s in statuses]))
+        if types:
+            query = query.where(self.Item.type.in_(list(types)))
+        with self.transaction():
+            count = query.execute()
+            if self.backend == "postgres" and count:
+                self.db.execute_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+        return count
+
+    def purge(
+        self,
+        statuses: Sequence[Status],
+        older_than: dt.datetime | None,
+        types: Sequence[str] | None,
+        dry_run: bool,
+        chunk_size: int = 1000,
+    ) -> int:
+        """Delete finished items in chunks of ``chunk_size``, each its own short transaction."""
+        for status in statuses:
+            if status in ACTIVE_STATUSES:
+                raise ConfigurationError(f"refusing to purge {status.name.lower()} items: only done or error")
+        condition = self.Item.status.in_([int(s) for s in statuses])
+        if older_than is not None:
+            condition &= peewee.fn.COALESCE(self.Item.lasttry_dtime, self.Item.creation_dtime) < older_than
+        if types:
+            condition &= self.Item.type.in_(list(types))
+        if dry_run:
+            return self.Item.select().where(condition).count()
+        total = 0
+        while True:
+            with self.transaction():
+                ids = [r[0] for r in self.Item.select(self.Item.id).where(condition).limit(chunk_size).tuples()]
+                if not ids:
+                    return total
+                total += self.Item.delete().where(self.Item.id.in_(ids)).execute()
+
+
+def _bind_models(database: peewee.Database) -> tuple[type[QueueItem], type[SchemaInfo]]:
+    """Subclasses of the models bound to ``database``, so several queues on
+    several databases can live in one process without rebinding a proxy."""
+
+    class BoundItem(QueueItem):
+        class Meta:
+            table_name = QueueItem._meta.table_name
+
+    class BoundSchema(SchemaInfo):
+        class Meta:
+            table_name = SchemaInfo._meta.table_name
+
+    BoundItem._meta.set_database(database)
+    BoundSchema._meta.set_database(database)
+    return BoundItem, BoundSchema
+
+
+class Waiter:
+    """Sleeps between polls of an idle queue; backends with push notices override ``wait``."""
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        """Block for up to ``timeout`` seconds or until ``stop``; True when woken early by news."""
+        stop.wait(timeout)
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresWaiter(Waiter):
+    """LISTENs on its own connection so an enqueue (which NOTIFYs) wakes an idle runner at once."""
+
+    def __init__(self, db: peewee.PostgresqlDatabase) -> None:
+        self._db = db
+        self._conn: Any = None
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        params = dict(self._db.connect_params)
+        params["dbname"] = self._db.database
+        conn = psycopg.connect(autocommit=True, **params)
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return conn
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = self._connect()
+            # Wake at least every 0.5 s to notice a stop request.
+            step = min(timeout, 0.5)
+            waited = 0.0
+            while waited < timeout and not stop.is_set():
+                if select.select([self._conn.fileno()], [], [], step)[0]:
+                    got = list(self._conn.notifies(timeout=0, stop_after=100))
+                    if got:
+                        return True
+                waited += step
+            return False
+        except Exception as exc:  # a dead server: fall back to sleeping; the runner reconnects
+            log.warning("LISTEN connection lost (%s); polling until it is back", type(exc).__name__)
+            self.close()
+            stop.wait(timeout)
+            return False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None

@@ -1,0 +1,1 @@
+"""Fixtures for testing plugins (a pytest plugin, registered through ``pytest11``)."""
