@@ -141,9 +141,15 @@ class Runner:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def run(self, burst: bool = False, batch_size: int = 500) -> BatchSummary:
+    def run(
+        self,
+        burst: bool = False,
+        batch_size: int = 500,
+        on_batch: Callable[[BatchSummary], None] | None = None,
+    ) -> BatchSummary:
         """Process batches until stopped (SIGTERM/SIGINT or :meth:`stop`), or,
-        with ``burst``, until nothing is due. Returns the totals."""
+        with ``burst``, until nothing is due. Returns the totals; ``on_batch``
+        gets each batch's summary (for progress displays)."""
         _check_number("batch_size", batch_size, minimum=1, integer=True)
         total = BatchSummary()
         restore = self._install_signal_handlers()
@@ -165,6 +171,8 @@ class Runner:
                     continue
                 reconnect_delay = 0.5
                 total.add(summary)
+                if on_batch is not None and summary.claimed:
+                    on_batch(summary)
                 if summary.claimed:
                     idle = IDLE_POLL_MIN
                     continue
