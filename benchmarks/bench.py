@@ -135,9 +135,9 @@ def machine_info():
 
 
 def print_table(rows, markdown=False):
-    head = ["case", "metric", "backend", "value", "unit", "vs floor", "floor"]
-    body = [[r["case"], r["metric"], r["backend"], r["value_s"], r["unit"], r["ratio_s"], r["floor"] or "-"]
-            for r in rows]
+    head = ["case", "metric", "backend", "N", "value", "unit", "vs floor", "floor"]
+    body = [[r["case"], r["metric"], r["backend"], str(r.get("n") or "-"), r["value_s"], r["unit"],
+             r["ratio_s"], r["floor"] or "-"] for r in rows]
     if markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "|".join("---" for _ in head) + "|")
@@ -145,7 +145,7 @@ def print_table(rows, markdown=False):
             print("| " + " | ".join(b) + " |")
         return
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    right = {3, 5}
+    right = {3, 4, 6}
     line = lambda cells: "  ".join(c.rjust(w) if i in right else c.ljust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
     print(line(head))
@@ -186,9 +186,10 @@ def main(argv=None):
                 break
             for m, v in res["metrics"].items():
                 samples.setdefault(m, []).append(v)
+            used_n = res.get("n", n)
         if outcome is None:
             outcome = {"ok": True, "metrics": {m: harness.median(v) for m, v in samples.items()},
-                       "samples": samples}
+                       "samples": samples, "n": used_n}
         results[c.name] = outcome
         status = "ok" if outcome["ok"] else ("skipped" if outcome.get("skip") else "FAILED")
         print(f"#   {c.name}: {status} in {time.perf_counter() - t0:.1f}s"
@@ -214,7 +215,7 @@ def main(argv=None):
                 fres = results.get(fc)
                 if fres and fres["ok"] and fres["metrics"].get(fm):
                     ratio = v / fres["metrics"][fm]
-            rows.append({"case": c.name, "metric": m, "backend": c.backend, "value": v,
+            rows.append({"case": c.name, "metric": m, "backend": c.backend, "n": res.get("n"), "value": v,
                          "value_s": fmt_value(v, unit), "unit": unit, "ratio": ratio,
                          "ratio_s": "-" if ratio is None else f"{ratio:.2f}x", "floor": floor})
     print()

@@ -60,6 +60,7 @@ class Case:
     params: dict = dataclasses.field(default_factory=dict)  # passed to fn as ctx.params
     repeat: int | None = None  # override R (e.g. 1 for very slow cases)
     note: str = ""
+    max_n: int | None = None  # cap on N for very slow cases (the table shows the N used)
 
     def floor_of(self, metric: str) -> str | None:
         if metric in self.floors:
@@ -78,14 +79,14 @@ CASES: dict[str, Case] = {}
 
 
 def case(name, *, backend, group, quick=True, timeout=300.0, floors=None, units=None,
-         params=None, repeat=None, note=""):
+         params=None, repeat=None, note="", max_n=None):
     """Register ``fn(ctx) -> dict[str, float]`` as benchmark case ``name``."""
 
     def deco(fn):
         if name in CASES:
             raise RuntimeError(f"duplicate benchmark case {name!r}")
         CASES[name] = Case(name, fn, backend, group, quick, timeout, dict(floors or {}),
-                           dict(units or {}), dict(params or {}), repeat, note)
+                           dict(units or {}), dict(params or {}), repeat, note, max_n)
         return fn
 
     return deco
@@ -207,10 +208,12 @@ def child_main(name: str, n: int, quick: bool, workdir: str) -> int:
     if os.path.exists(workdir):
         shutil.rmtree(workdir)
     os.makedirs(workdir)
+    if c.max_n:
+        n = min(n, c.max_n)
     ctx = Ctx(n=n, quick=quick, workdir=workdir, case_name=name, params=c.params)
     try:
         metrics = c.fn(ctx)
-        out = {"ok": True, "metrics": metrics}
+        out = {"ok": True, "metrics": metrics, "n": ctx.n}
     except Skip as exc:
         out = {"ok": False, "skip": True, "reason": str(exc)}
     except ImportError as exc:

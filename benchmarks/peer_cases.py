@@ -84,7 +84,7 @@ IO_ITEMS = 2000
 IO_SLEEP = 0.020
 
 
-@case("huey.sqlite.io", backend="sqlite", group="peer", quick=False, timeout=300,
+@case("huey.sqlite.io", backend="sqlite", group="peer", quick=False, timeout=300, max_n=IO_ITEMS,
       floors={"drain_sleep20ms_w10": None, "drain_sleep20ms_w50": None},
       note="task sleeps 20 ms, 2,000 items, 10 and 50 thread workers")
 def huey_sqlite_io(ctx):
@@ -94,7 +94,7 @@ def huey_sqlite_io(ctx):
         import os
 
         os.makedirs(ctx_w.workdir)
-        _, drain = _huey_run(ctx_w, workers=w, sleep=IO_SLEEP, n=IO_ITEMS)
+        _, drain = _huey_run(ctx_w, workers=w, sleep=IO_SLEEP, n=ctx.n)
         out[f"drain_sleep20ms_w{w}"] = drain
     return out
 
@@ -160,6 +160,7 @@ async def _procrastinate(url: str, n: int, concurrency: int):
 
 
 @case("procrastinate", backend="postgresql", group="peer", quick=False, timeout=300,
+      max_n=3000, repeat=1,
       note="async no-op task, worker(wait=False, concurrency=1), batch_defer")
 def procrastinate_c1(ctx):
     enq, drain = asyncio.run(_procrastinate(ctx.fresh_pg(), ctx.n, 1))
@@ -167,6 +168,7 @@ def procrastinate_c1(ctx):
 
 
 @case("procrastinate.c10", backend="postgresql", group="peer", quick=False, timeout=300,
+      max_n=3000, repeat=1,
       note="same, concurrency=10")
 def procrastinate_c10(ctx):
     enq, drain = asyncio.run(_procrastinate(ctx.fresh_pg(), ctx.n, 10))
