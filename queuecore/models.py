@@ -99,4 +99,16 @@ class SchemaInfo(BaseModel):
         table_name = "queuecore_schema"
 
 
-MODELS = (QueueItem, SchemaInfo)
+class PluginStat(BaseModel):
+    """Monotonic per-plugin counters; every runner on every host adds to them at write-back."""
+
+    plugin = peewee.CharField(max_length=200, primary_key=True)
+    successes = peewee.BigIntegerField(default=0)
+    failures = peewee.BigIntegerField(default=0)
+    seconds = peewee.DoubleField(default=0.0)
+
+    class Meta:
+        table_name = "queuecore_plugin_stats"
+
+
+MODELS = (QueueItem, SchemaInfo, PluginStat)

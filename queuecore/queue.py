@@ -149,6 +149,12 @@ class Queue:
         oldest = self.storage.parse_time(self.storage.oldest_due(now))
         return None if oldest is None else max(0.0, (now - oldest).total_seconds())
 
+    def plugin_stats(self) -> list[Any]:
+        """Per-plugin counters summed over every runner: rows with ``.plugin``,
+        ``.successes``, ``.failures`` and ``.seconds`` (time spent in the plugin)."""
+        self.storage.ensure_schema()
+        return self.storage.plugin_stats()
+
     def has_due(self) -> bool:
         self.storage.ensure_schema()
         return self.storage.has_due(utcnow())

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -75,7 +75,6 @@ class PluginFailure:
     item_type: str
     plugin: str
     error: str
-    final: bool = field(default=False)
 
 
 class Runner:
@@ -127,6 +126,8 @@ class Runner:
         self._plugin_names = [name for name, _ in self._calls]
         self._stop = threading.Event()
         self._held: dict[int, int] = {}  # item id -> claim token, for lease renewal
+        self._stats: dict[str, list] = {}  # plugin -> [successes, failures, seconds] since the last write-back
+        self._stats_lock = threading.Lock()
         self._held_lock = threading.Lock()
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
@@ -243,7 +244,7 @@ class Runner:
             if self._stop.is_set():
                 self._release_unstarted(items[index:], pending, summary)
                 return
-            outcome = self._process_item(item, token)
+            outcome = self._process_item(item, token, self._stats)
             pending.append(outcome)
             _count(summary, outcome[0])
             if time.monotonic() - last_flush > FLUSH_INTERVAL:
@@ -259,10 +260,13 @@ class Runner:
                 return
             with lock:
                 started.add(item.id)
-            outcome = self._process_item(item, token)
+            stats: dict[str, list] = {}
+            outcome = self._process_item(item, token, stats)
             with lock:
                 pending.append(outcome)
                 _count(summary, outcome[0])
+            with self._stats_lock:
+                _merge_stats(self._stats, stats)
 
         with concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="queuecore") as pool:
             futures = [pool.submit(work, item, token) for item, token in items]
@@ -291,11 +295,14 @@ class Runner:
             return
         outcomes = list(pending)
         pending.clear()
+        with self._stats_lock:
+            stats = [(name, c[0], c[1], c[2]) for name, c in self._stats.items()]
+            self._stats.clear()
         delay = 0.5
         deadline = time.monotonic() + self.lease_seconds
         while True:
             try:
-                written = self.storage.write_back(outcomes)
+                written = self.storage.write_back(outcomes, stats)
                 break
             except CONNECTION_ERRORS as exc:
                 if time.monotonic() > deadline:
@@ -361,13 +368,16 @@ class Runner:
         )
         return item, None
 
-    def _process_item(self, item: Item, token: int) -> Outcome:
+    def _process_item(self, item: Item, token: int, stats: dict[str, list]) -> Outcome:
+        """Call each plugin that has not yet succeeded on ``item``; the outcome to write back.
+
+        ``stats`` (plugin -> [successes, failures, seconds]) is added to.
+        """
         results: dict[str, bool] = item.results  # type: ignore[assignment]
         errors: dict[str, str] = item.errors  # type: ignore[assignment]
         view = MappingProxyType(results)
         item.results = view
-        accepted = failed = interrupted = False
-        permanent = False
+        accepted = failed = interrupted = permanent = False
         wait_at_least = 0.0
         for name, call in self._calls:
             if results.get(name) is True:
@@ -376,37 +386,42 @@ class Runner:
             if self._stop.is_set():
                 interrupted = True
                 break
+            error = None
+            started = time.perf_counter()
             try:
                 answer = call(item, view)
             except PermanentError as exc:
-                accepted = failed = permanent = True
-                results[name] = False
-                errors[name] = _error_text(exc, "PermanentError")
+                permanent = True
+                error = _error_text(exc, "PermanentError")
             except Retry as exc:
-                accepted = failed = True
-                results[name] = False
-                errors[name] = _error_text(exc, "Retry")
+                error = _error_text(exc, "Retry")
                 wait_at_least = max(wait_at_least, exc.after or 0.0)
             except BaseException as exc:  # noqa: BLE001 - a plugin must not take the runner down
-                accepted = failed = True
-                results[name] = False
-                errors[name] = _error_text(exc)
+                error = _error_text(exc)
                 if isinstance(exc, KeyboardInterrupt):
                     self._stop.set()
             else:
-                if answer is True:
-                    accepted = True
-                    results[name] = True
-                    errors.pop(name, None)
-                    continue
                 if answer is None:
                     continue
-                accepted = failed = True
+                if answer is not True:
+                    error = "returned False" if answer is False else (
+                        f"plugin {name!r} returned {answer!r:.200} (expected True, False or None)"
+                    )
+            counters = stats.get(name)
+            if counters is None:
+                counters = stats[name] = [0, 0, 0.0]
+            counters[2] += time.perf_counter() - started
+            accepted = True
+            if error is None:
+                counters[0] += 1
+                results[name] = True
+                errors.pop(name, None)
+            else:
+                counters[1] += 1
+                failed = True
                 results[name] = False
-                errors[name] = "returned False" if answer is False else (
-                    f"plugin {name!r} returned {answer!r:.200} (expected True, False or None)"
-                )
-            self._report(item, name, errors[name], final=False)
+                errors[name] = error
+                self._report(item, name, error)
 
         now = utcnow()
         trials = item.trials
@@ -438,10 +453,10 @@ class Runner:
         delay = min(self.retry_delay * 2 ** min(trials - 1, 62), self.max_retry_delay)
         return delay * random.uniform(0.5, 1.0)
 
-    def _report(self, item: Item, plugin: str, error: str, final: bool) -> None:
+    def _report(self, item: Item, plugin: str, error: str) -> None:
         log.warning("item %d (%s): plugin %s failed: %s", item.id, item.type, plugin, error)
         if self.on_failure is not None:
-            self.on_failure(PluginFailure(item.id, item.type, plugin, error, final))
+            self.on_failure(PluginFailure(item.id, item.type, plugin, error))
 
     # -- leases -------------------------------------------------------------
 
@@ -502,6 +517,14 @@ def _adapt(function: Callable[..., Any], argnames: tuple[str, ...]) -> PluginCal
     if argnames == ():
         return lambda item, results: function()
     return lambda item, results: function(results, item)  # ("results", "item")
+
+
+def _merge_stats(into: dict[str, list], stats: dict[str, list]) -> None:
+    for name, (ok, bad, seconds) in stats.items():
+        counters = into.setdefault(name, [0, 0, 0.0])
+        counters[0] += ok
+        counters[1] += bad
+        counters[2] += seconds
 
 
 def _count(summary: BatchSummary, status: int) -> None:

@@ -24,7 +24,7 @@ import peewee
 from playhouse import db_url
 
 from .errors import ConfigurationError
-from .models import ACTIVE_STATUSES, SCHEMA_VERSION, QueueItem, SchemaInfo, Status
+from .models import ACTIVE_STATUSES, SCHEMA_VERSION, PluginStat, QueueItem, SchemaInfo, Status
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Storage:
     def __init__(self, database: peewee.Database) -> None:
         self.db = database
         self.backend = backend_of(database)
-        self.Item, self.Schema = _bind_models(database)
+        self.Item, self.Schema, self.PluginStat = _bind_models(database)
         self.table = QueueItem._meta.table_name
         self._param = "?" if self.backend == "sqlite" else "%s"
         self._json_param = "CAST(%s AS jsonb)" if self.backend == "postgres" else self._param
@@ -200,7 +200,7 @@ class Storage:
     def create_schema(self) -> int:
         """Create or upgrade the tables and indexes; idempotent. Returns the schema version."""
         with self.db.atomic():
-            self.db.create_tables([self.Item, self.Schema], safe=True)
+            self.db.create_tables([self.Item, self.Schema, self.PluginStat], safe=True)
             self._create_claim_index()
             version = self.schema_version()
             if version is None:
@@ -284,6 +284,20 @@ class Storage:
             f"UPDATE {t} SET lease_expires = {p}, run_after = {p} "
             f"WHERE id = {p} AND claim_token = {p} AND status = {Status.IN_PROGRESS:d}"
         )
+        stat_values = f"({p}, {p}, {p}, {p})"
+        if self.backend == "mysql":
+            self._stats_sql = (
+                f"INSERT INTO {PluginStat._meta.table_name} (plugin, successes, failures, seconds) VALUES {stat_values} "
+                "ON DUPLICATE KEY UPDATE successes = successes + VALUES(successes), "
+                "failures = failures + VALUES(failures), seconds = seconds + VALUES(seconds)"
+            )
+        else:
+            s_t = PluginStat._meta.table_name
+            self._stats_sql = (
+                f"INSERT INTO {s_t} (plugin, successes, failures, seconds) VALUES {stat_values} "
+                f"ON CONFLICT (plugin) DO UPDATE SET successes = {s_t}.successes + excluded.successes, "
+                f"failures = {s_t}.failures + excluded.failures, seconds = {s_t}.seconds + excluded.seconds"
+            )
         self._insert_sql = (
             f"INSERT INTO {t} (type, payload, status, trials, results, errors, priority, run_after, "
             f"claim_token, creation_dtime) VALUES ({p}, {j}, {Status.PENDING:d}, 0, '{{}}', '{{}}', {p}, {p}, 0, {p})"
@@ -327,8 +341,9 @@ class Storage:
         claimed.sort(key=lambda r: (-r.priority, r.id))
         return claimed
 
-    def write_back(self, outcomes: Sequence[Outcome]) -> int:
-        """Store the outcomes of a batch in one transaction, each fenced by its claim token.
+    def write_back(self, outcomes: Sequence[Outcome], stats: Sequence[tuple[str, int, int, float]] = ()) -> int:
+        """Store the outcomes of a batch in one transaction, each fenced by its claim token,
+        and add ``stats`` rows (plugin, successes, failures, seconds) to the plugin counters.
 
         Returns how many rows were written; an outcome whose token no longer
         matches (another runner took the item after this one's lease ran out)
@@ -344,6 +359,9 @@ class Storage:
             cursor = self.db.cursor()
             cursor.executemany(self._write_back_sql, outcomes)
             written = cursor.rowcount
+            if stats:
+                # Sorted, so concurrent runners lock the counter rows in one order.
+                self.db.cursor().executemany(self._stats_sql, sorted(stats))
         return written if written is not None and written >= 0 else len(outcomes)
 
     def renew_leases(self, held: Iterable[tuple[int, int]], until: dt.datetime) -> int:
@@ -412,6 +430,9 @@ class Storage:
         return Waiter()
 
     # -- operator queries (peewee) ------------------------------------------
+
+    def plugin_stats(self) -> list[PluginStat]:
+        return list(self.PluginStat.select().order_by(self.PluginStat.plugin))
 
     def get_row(self, item_id: int) -> QueueItem | None:
         return self.Item.get_or_none(self.Item.id == item_id)
@@ -527,21 +548,14 @@ class Storage:
                 total += self.Item.delete().where(self.Item.id.in_(ids)).execute()
 
 
-def _bind_models(database: peewee.Database) -> tuple[type[QueueItem], type[SchemaInfo]]:
+def _bind_models(database: peewee.Database) -> tuple[Any, ...]:
     """Subclasses of the models bound to ``database``, so several queues on
     several databases can live in one process without rebinding a proxy."""
-
-    class BoundItem(QueueItem):
-        class Meta:
-            table_name = QueueItem._meta.table_name
-
-    class BoundSchema(SchemaInfo):
-        class Meta:
-            table_name = SchemaInfo._meta.table_name
-
-    BoundItem._meta.set_database(database)
-    BoundSchema._meta.set_database(database)
-    return BoundItem, BoundSchema
+    bound = []
+    for model in (QueueItem, SchemaInfo, PluginStat):
+        meta = type("Meta", (), {"table_name": model._meta.table_name, "database": database})
+        bound.append(type(model.__name__, (model,), {"Meta": meta, "__module__": __name__}))
+    return tuple(bound)
 
 
 class Waiter:
