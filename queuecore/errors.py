@@ -15,6 +15,10 @@ class InvalidItemError(QueuecoreError, ValueError):
     """An item that cannot be enqueued: bad type name, payload not JSON, too big."""
 
 
+class PayloadTypeError(InvalidItemError, TypeError):
+    """A payload holding something JSON cannot express (a set, bytes, an object)."""
+
+
 class ItemNotFound(QueuecoreError, LookupError):
     """No item has the given id."""
 

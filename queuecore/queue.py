@@ -11,7 +11,7 @@ from typing import Any
 
 import peewee
 
-from .errors import ConfigurationError, InvalidItemError, ItemNotFound
+from .errors import ConfigurationError, InvalidItemError, ItemNotFound, PayloadTypeError
 from .items import Item
 from .models import Status
 from .storage import DEFAULT_URL, URL_ENV_VAR, Storage, open_database, redact_url, utcnow
@@ -109,7 +109,7 @@ class Queue:
             priority = entry[2] if len(entry) == 3 else 0
             try:
                 rows.append(self._prepare(entry[0], entry[1], priority, delay, now))
-            except (InvalidItemError, TypeError) as exc:
+            except InvalidItemError as exc:
                 raise type(exc)(f"item {index}: {exc}") from None
         if not rows:
             return []
@@ -237,7 +237,7 @@ def encode_payload(payload: Any, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> 
     try:
         text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except TypeError as exc:
-        raise InvalidItemError(f"payload is not JSON-serialisable: {exc}") from None
+        raise PayloadTypeError(f"payload is not JSON-serialisable: {exc}") from None
     except ValueError as exc:  # NaN / Infinity, circular references
         raise InvalidItemError(f"payload is not valid JSON: {exc}") from None
     except RecursionError:

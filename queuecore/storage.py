@@ -73,13 +73,13 @@ def open_database(url: str) -> peewee.Database:
     if scheme in ("postgres", "postgresql"):
         _require_driver("psycopg", "postgres", url)
         try:
-            return db_url.connect(url, prefer_psycopg3=True, autorollback=True)
+            return db_url.connect(url, prefer_psycopg3=True)
         except ValueError as exc:  # bad port and the like
             raise ConfigurationError(f"bad database URL {redact_url(url)}: {exc}") from None
     if scheme == "mysql":
         _require_driver("pymysql", "mysql", url)
         try:
-            return db_url.connect(url, charset="utf8mb4", autorollback=True)
+            return db_url.connect(url, charset="utf8mb4")
         except ValueError as exc:
             raise ConfigurationError(f"bad database URL {redact_url(url)}: {exc}") from None
     raise ConfigurationError(
@@ -505,8 +505,9 @@ class Storage:
             self.Item.lease_expires: None,
         }
         if reset:
-            fields[self.Item.results] = {}
-            fields[self.Item.errors] = {}
+            # A literal, not a bound dict: MariaDB has no CAST(... AS JSON).
+            fields[self.Item.results] = peewee.SQL("'{}'")
+            fields[self.Item.errors] = peewee.SQL("'{}'")
         query = self.Item.update(fields).where(self.Item.status != Status.IN_PROGRESS)
         if ids is not None:
             query = query.where(self.Item.id.in_(list(ids)))
