@@ -20,6 +20,7 @@ import fnmatch
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,6 +155,55 @@ def print_table(rows, markdown=False):
         print(line(b))
 
 
+def _value(results, ref):
+    c, m = ref.split(":")
+    res = results.get(c)
+    if not res or not res.get("ok"):
+        return None
+    return res["metrics"].get(m)
+
+
+def check_targets(results):
+    out = []
+    for t in harness.TARGETS:
+        num = _value(results, t.num)
+        dens = t.den if isinstance(t.den, list) else [t.den]
+        den_vals = [(d, _value(results, d)) for d in dens]
+        den_vals = [(d, v) for d, v in den_vals if v]
+        if num is None or not den_vals:
+            continue  # not measured in this run
+        den_ref, den = max(den_vals, key=lambda x: x[1])
+        ratio = num / den
+        if t.min_ratio is not None:
+            ok = ratio >= t.min_ratio
+            goal = f">= {t.min_ratio:g}x"
+            miss = "" if ok else f"missed by {(1 - ratio / t.min_ratio) * 100:.0f}%"
+        else:
+            ok = ratio <= t.max_ratio
+            goal = f"<= {t.max_ratio:g}x"
+            miss = "" if ok else f"missed by {(ratio / t.max_ratio - 1) * 100:.0f}%"
+        out.append({"target": t.text, "num": t.num, "den": den_ref, "ratio": ratio, "goal": goal,
+                    "met": ok, "verdict": "met" if ok else miss})
+    return out
+
+
+def print_targets(rows, markdown=False):
+    head = ["target", "measured", "goal", "verdict", "ratio of"]
+    body = [[r["target"], f"{r['ratio']:.2f}x", r["goal"], r["verdict"], f"{r['num']} / {r['den']}"]
+            for r in rows]
+    if markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "|".join("---" for _ in head) + "|")
+        for b in body:
+            print("| " + " | ".join(b) + " |")
+        return
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    print("  ".join("-" * w for w in widths))
+    for b in body:
+        print("  ".join(c.ljust(w) for c, w in zip(b, widths)))
+
+
 def main(argv=None):
     args = parse_args(argv)
     n = args.n or (500 if args.quick else 20000)
@@ -170,6 +220,9 @@ def main(argv=None):
     print(f"# queuecore benchmarks  N={n}  R={repeat}{'  (quick)' if args.quick else ''}")
     print("# " + "  ".join(f"{k}={v}" for k, v in info.items()))
     os.makedirs(args.workdir, exist_ok=True)
+    # Cases may cache prepared databases (e.g. 1M rows) under _cache for their
+    # later repetitions; never across runs (the schema may have changed).
+    shutil.rmtree(os.path.join(args.workdir, "_cache"), ignore_errors=True)
 
     results = {}  # case -> {"ok":..., "metrics": {m: median}, "reason":...}
     failed_core = False
@@ -220,11 +273,15 @@ def main(argv=None):
                          "ratio_s": "-" if ratio is None else f"{ratio:.2f}x", "floor": floor})
     print()
     print_table(rows, markdown=args.markdown)
+    target_rows = check_targets(results)
+    if target_rows:
+        print()
+        print_targets(target_rows, markdown=args.markdown)
     print(f"\n# total {time.perf_counter() - t_all:.0f}s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"n": n, "repeat": repeat, "quick": args.quick, "machine": info,
-                       "rows": rows, "results": results}, f, indent=1)
+                       "rows": rows, "targets": target_rows, "results": results}, f, indent=1)
     return 1 if failed_core else 0
 
 

@@ -78,6 +78,28 @@ class Case:
 CASES: dict[str, Case] = {}
 
 
+@dataclasses.dataclass
+class Target:
+    """A goal checked at the end of a run: value(num) / value(den) >= min_ratio (or <= max_ratio).
+
+    ``num`` is "case:metric"; ``den`` is one "case:metric" or a list of them (their
+    maximum is used: "at least 3x the best configuration of a peer").
+    """
+
+    text: str
+    num: str
+    den: str | list
+    min_ratio: float | None = None
+    max_ratio: float | None = None
+
+
+TARGETS: list[Target] = []
+
+
+def target(text, num, den, *, min_ratio=None, max_ratio=None):
+    TARGETS.append(Target(text, num, den, min_ratio, max_ratio))
+
+
 def case(name, *, backend, group, quick=True, timeout=300.0, floors=None, units=None,
          params=None, repeat=None, note="", max_n=None):
     """Register ``fn(ctx) -> dict[str, float]`` as benchmark case ``name``."""
@@ -233,6 +255,6 @@ def median(xs):
 
 
 __all__ = [
-    "CASES", "Case", "Ctx", "Skip", "case", "load_cases", "utcnow", "ts", "noop",
+    "CASES", "TARGETS", "Case", "Ctx", "Skip", "Target", "case", "target", "load_cases", "utcnow", "ts", "noop",
     "run_processes", "peak_rss_mib", "child_main", "median", "timedelta",
 ]

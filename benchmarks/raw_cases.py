@@ -285,3 +285,39 @@ def pg_raw_4proc(ctx):
     conn = pg_connect(url)
     assert sum(counts) == ctx.n == pg_count(conn), (counts, pg_count(conn))
     return {"drain_4proc": ctx.n / elapsed}
+
+
+# ------------------------------------------------------------------ single enqueue floors
+
+
+@case("sqlite.raw.single", backend="sqlite", group="floor", timeout=300, max_n=5000,
+      floors={"enqueue_single": None})
+def sqlite_raw_single(ctx):
+    """One INSERT per transaction (what an application's single enqueue costs at least)."""
+    conn = sqlite_create(ctx.path("raw.db"))
+    dumps = json.dumps
+    t0 = time.perf_counter()
+    for i in range(ctx.n):
+        now = ts(utcnow())
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(SQLITE_INSERT, ("noop", dumps({"i": i}), 0, now, now))
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    assert sqlite_count(conn, 0) == ctx.n
+    return {"enqueue_single": ctx.n / elapsed}
+
+
+@case("pg.raw.single", backend="postgresql", group="floor", timeout=300, max_n=5000,
+      floors={"enqueue_single": None})
+def pg_raw_single(ctx):
+    from psycopg.types.json import Jsonb
+
+    conn = pg_create(ctx.fresh_pg())
+    t0 = time.perf_counter()
+    for i in range(ctx.n):
+        now = utcnow()
+        conn.execute(PG_INSERT, ("noop", Jsonb({"i": i}), 0, now, now))
+        conn.commit()
+    elapsed = time.perf_counter() - t0
+    assert pg_count(conn, 0) == ctx.n
+    return {"enqueue_single": ctx.n / elapsed}
