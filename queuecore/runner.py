@@ -328,16 +328,17 @@ class Runner:
     def _decode(self, row: ClaimedRow) -> tuple[Item | None, Outcome | None]:
         """The claimed row as an Item, or an ``error`` outcome when it cannot be processed."""
         storage = self.storage
+        load = storage.load_json
         try:
-            results = _loads(row.results)
-            errors = _loads(row.errors)
+            results = load(row.results)
+            errors = load(row.errors)
             if not isinstance(results, dict) or not isinstance(errors, dict):
                 raise ValueError("results and errors must be JSON objects")
         except ValueError:
             results, errors = {}, {}
             errors[RESERVED_NAME] = "results/errors columns hold invalid JSON; they were reset"
         try:
-            payload = _loads(row.payload)
+            payload = load(row.payload)
         except ValueError as exc:
             errors[RESERVED_NAME] = f"payload is not valid JSON ({exc}); it cannot be processed"
             log.error("item %d: %s", row.id, errors[RESERVED_NAME])
@@ -440,7 +441,9 @@ class Runner:
         trials += 1
         if permanent or trials >= self.max_trials:
             if not permanent:
-                errors[RESERVED_NAME] = f"gave up after {trials} tries (max_trials={self.max_trials})"
+                gave_up = f"gave up after {trials} tries (max_trials={self.max_trials})"
+                reason = errors.get(RESERVED_NAME)
+                errors[RESERVED_NAME] = f"{reason}; {gave_up}" if reason else gave_up
             return (Status.ERROR, trials, _dumps(results), _dumps(errors), now, now, item.id, token)
         delay = max(self.backoff(trials), wait_at_least)
         return (Status.NEED_RETRY, trials, _dumps(results), _dumps(errors), now + _seconds(delay), now, item.id, token)
@@ -543,20 +546,10 @@ def _error_text(exc: BaseException, kind: str | None = None) -> str:
     return text[:MAX_ERROR_TEXT]
 
 
-def _loads(value: Any) -> Any:
-    # PostgreSQL's driver decodes jsonb itself; SQLite and MySQL hand us text.
-    if value.__class__ is str:
-        return {} if value == "{}" else _decode_json(value)
-    if isinstance(value, bytes):
-        return _decode_json(value.decode("utf-8"))
-    return value
-
-
 def _dumps(value: Any) -> str:
     return _encode_json(value) if value else "{}"
 
 
-_decode_json = json.JSONDecoder().decode
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 

@@ -11,6 +11,7 @@ the peewee models.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import select
@@ -163,6 +164,8 @@ class Storage:
         self.table = QueueItem._meta.table_name
         self._param = "?" if self.backend == "sqlite" else "%s"
         self._json_param = "CAST(%s AS jsonb)" if self.backend == "postgres" else self._param
+        # psycopg decodes jsonb itself; SQLite and MySQL hand back text.
+        self.load_json = _already_decoded if self.backend == "postgres" else _decode_json_text
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._build_statements()
@@ -263,10 +266,12 @@ class Storage:
         lock = " FOR UPDATE SKIP LOCKED" if self.backend != "sqlite" else ""
         # An item still in progress whose lease ran out was abandoned by a
         # runner that died: that try counts.
+        # trials comes first: MySQL evaluates SET left to right with the new
+        # values, so it must read status before status is overwritten.
         claim_set = (
+            f"trials = trials + CASE WHEN status = {Status.IN_PROGRESS:d} THEN 1 ELSE 0 END, "
             f"status = {Status.IN_PROGRESS:d}, lease_owner = {p}, lease_expires = {p}, run_after = {p}, "
-            f"claim_token = claim_token + 1, "
-            f"trials = trials + CASE WHEN status = {Status.IN_PROGRESS:d} THEN 1 ELSE 0 END"
+            f"claim_token = claim_token + 1"
         )
         self._claim_sql = (
             f"UPDATE {t} SET {claim_set} WHERE id IN ({self._select_due_sql}{lock}) "
@@ -547,6 +552,21 @@ class Storage:
                 if not ids:
                     return total
                 total += self.Item.delete().where(self.Item.id.in_(ids)).execute()
+
+
+_decode_json = json.JSONDecoder().decode
+
+
+def _decode_json_text(value: str | bytes) -> Any:
+    if value == "{}":  # most results/errors columns: skip the decoder
+        return {}
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    return _decode_json(value)
+
+
+def _already_decoded(value: Any) -> Any:
+    return value
 
 
 def _bind_models(database: peewee.Database) -> tuple[Any, ...]:
