@@ -55,7 +55,7 @@ class PluginSet:
         try:
             self.pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
-            raise PluginLoadError(f"plugin {name!r}{_from(distribution)} is invalid: {exc}") from None
+            raise PluginLoadError(f"plugin {name!r}{_from(distribution)} is invalid: {_one_line(exc)}") from None
         self._origins[name] = (distribution, version)
 
     def unregister(self, name: str) -> None:
@@ -69,7 +69,7 @@ class PluginSet:
         except pluggy.PluginValidationError as exc:
             name = self.pm.get_name(exc.plugin) if exc.plugin is not None else "?"
             raise PluginLoadError(
-                f"plugin {name!r}{_from(self._origins.get(name, (None,))[0])}: {exc}"
+                f"plugin {name!r}{_from(self._origins.get(name, (None,))[0])}: {_one_line(exc)}"
             ) from None
 
     def load_entry_points(self, selection: str | None = None) -> None:
@@ -99,7 +99,7 @@ class PluginSet:
                 plugin = ep.load()
             except BaseException as exc:  # a plugin's import may raise anything, even SystemExit
                 raise PluginLoadError(
-                    f"plugin {name!r}{_from(dist)} failed to load: {type(exc).__name__}: {exc} "
+                    f"plugin {name!r}{_from(dist)} failed to load: {type(exc).__name__}: {_one_line(exc)} "
                     f"(uninstall it, or leave it out with {PLUGINS_ENV_VAR}=...)"
                 ) from None
             self.register(plugin, name, dist, version)
@@ -134,3 +134,8 @@ def build_plugin_set(plugins: Mapping[str, object] | None = None) -> PluginSet:
 
 def _from(distribution: str | None) -> str:
     return f" (distribution {distribution})" if distribution else ""
+
+
+def _one_line(exc: BaseException) -> str:
+    # pluggy's messages span lines; an operator's error is one line.
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
