@@ -108,6 +108,12 @@ def db_url(request, tmp_path, server_databases) -> str:
 
 
 @pytest.fixture
+def postgres_url(tmp_path, server_databases) -> str:
+    """An empty PostgreSQL queue database (skips without QUEUECORE_TEST_POSTGRES_URL)."""
+    return _url_for("postgres", tmp_path, server_databases)
+
+
+@pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/queue.db"
 

@@ -1,0 +1,107 @@
+"""Storage: the claim's plan on each backend, URLs, schema, and PostgreSQL's LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import pytest
+
+from queuecore import Queue, Runner, Status, hookimpl
+from queuecore import runner as runner_module
+from queuecore.storage import redact_url, utcnow
+
+
+def test_a_claim_reads_neither_done_rows_nor_sorts_the_table(queue):
+    ids = queue.enqueue_many([("t", i) for i in range(5000)])
+    item_model = queue.storage.Item
+    item_model.update(status=Status.DONE).where(item_model.id <= ids[-20]).execute()
+    backend = queue.storage.backend
+    if backend == "postgres":
+        queue.database.execute_sql("ANALYZE queuecore_item")
+    elif backend == "mysql":
+        queue.database.execute_sql("ANALYZE TABLE queuecore_item")
+    plan = queue.storage.explain_claim()
+    if backend == "sqlite":
+        # Walks the partial index (claimable rows only) in ORDER BY order: no sort step.
+        assert "USING INDEX queuecore_item_claim" in plan or "USING COVERING INDEX queuecore_item_claim" in plan
+        assert "TEMP B-TREE" not in plan
+    elif backend == "postgres":
+        assert "Seq Scan" not in plan
+        assert "queuecore_item_claim" in plan or "(status < 3)" in plan
+    else:
+        assert "queuecore_item_claim" in plan and " range " in f" {plan} "
+
+
+def test_claimed_rows_come_back_in_priority_then_age_order(queue):
+    queue.enqueue_many([("t", i, i % 3) for i in range(30)])
+    now = utcnow()
+    rows = queue.storage.claim("me", now, now + dt.timedelta(seconds=60), 30)
+    keys = [(-r.priority, r.id) for r in rows]
+    assert keys == sorted(keys) and len(rows) == 30
+
+
+def test_schema_version_is_recorded_and_a_newer_one_refused(db_url):
+    queue = Queue(db_url)
+    queue.init()
+    queue.storage.Schema.update(value="99").where(queue.storage.Schema.key == "version").execute()
+    fresh = Queue(db_url)
+    with pytest.raises(ValueError, match="version 99, newer than this queuecore understands"):
+        fresh.init()
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://app:hunter2@db:5432/q", "postgresql://app:***@db:5432/q"),
+        ("mysql://root@db/q", "mysql://root@db/q"),
+        ("sqlite:///q.db", "sqlite:///q.db"),
+    ],
+)
+def test_passwords_are_redacted(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_unreachable_server_is_a_connection_error_without_password():
+    import peewee
+
+    queue = Queue("postgresql://postgres:topsecret@127.0.0.1:1/nothing")
+    with pytest.raises(peewee.OperationalError) as caught:
+        queue.counts()
+    assert "topsecret" not in str(caught.value)
+
+
+def test_an_idle_postgres_runner_is_woken_by_notify(monkeypatch, postgres_url):
+    """With polling slowed to 60 s, only the NOTIFY sent by enqueue can start the item promptly."""
+    url = postgres_url
+    queue = Queue(url)
+    queue.init()
+    monkeypatch.setattr(runner_module, "IDLE_POLL_MIN", 60.0)
+    monkeypatch.setattr(runner_module, "IDLE_POLL_MAX", 60.0)
+    called = threading.Event()
+    latencies = []
+
+    class Stamp:
+        @hookimpl
+        def process_item(self, item):
+            latencies.append(time.time() - item.payload["sent"])
+            called.set()
+            return True
+
+    runner = Runner(queue, plugins={"stamp": Stamp()})
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)  # the runner finds nothing and starts waiting
+        for _ in range(3):
+            called.clear()
+            Queue(url).enqueue("t", {"sent": time.time()})
+            assert called.wait(10), "an enqueue did not wake the idle runner"
+            time.sleep(0.2)
+    finally:
+        runner.stop()
+        thread.join(10)
+    assert len(latencies) == 3
+    assert max(latencies) < 10
+    assert queue.counts()[Status.DONE] == 3
