@@ -238,6 +238,7 @@ pass_state = click.make_pass_decorator(CliState)
 
 
 @click.group(
+    "queuecore",
     cls=QueuecoreGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
@@ -532,7 +533,7 @@ def enqueue(
     if type_ is None:
         raise CliError("missing argument TYPE (or give --file)", 2)
     if payload is None or payload == "-":
-        stdin = click.get_text_stream("stdin")
+        stdin = sys.stdin
         if payload is None and stdin.isatty():
             raise CliError("missing PAYLOAD: give it as JSON, or '-' to read it from stdin", 2)
         text = stdin.read()
@@ -629,7 +630,7 @@ def run(
             queue, plugins.objects(), max_trials=max_trials, retry_delay=retry_delay,
             lease_seconds=lease, concurrency=concurrency,
         )
-    stderr = click.get_text_stream("stderr")
+    stderr = sys.stderr
     show = stderr.isatty() if progress is None else progress
     display = _Progress(stderr) if show else None
     handler: _LogHandler | None = click.get_current_context().find_root().meta.get("queuecore.log_handler")
