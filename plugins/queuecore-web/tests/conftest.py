@@ -7,13 +7,19 @@ QUEUECORE_TEST_POSTGRES_URL / QUEUECORE_TEST_MYSQL_URL hold an admin URL
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+import uvicorn
 
 from queuecore import PermanentError, Queue, Runner, Status, hookimpl
 
@@ -62,6 +68,16 @@ class Populated:
     in_progress: list[int]
     pending: list[int]
     xss: int                # pending, with a script tag in its payload and type
+    xss_text: str = XSS
+
+    def expected_counts(self) -> dict[str, int]:
+        return {
+            "pending": len(self.pending),
+            "in_progress": len(self.in_progress),
+            "need_retry": len(self.slow) + len(self.broken),
+            "done": len(self.done),
+            "error": len(self.bounced),
+        }
 
 
 def populate(queue: Queue) -> Populated:
@@ -82,16 +98,6 @@ def populate(queue: Queue) -> Populated:
     pending = queue.enqueue_many([("mail", {"to": "later@example.test"}), ("doc", {"id": 7})])
     xss = queue.enqueue(XSS, {"html": XSS, "note": "</pre><b>bold</b>"}).id
     return Populated(queue, done, bounced, slow, broken, [in_progress], pending + [xss], xss)
-
-
-def expected_counts(p: Populated) -> dict[str, int]:
-    return {
-        "pending": len(p.pending),
-        "in_progress": len(p.in_progress),
-        "need_retry": len(p.slow) + len(p.broken),
-        "done": len(p.done),
-        "error": len(p.bounced),
-    }
 
 
 @pytest.fixture
@@ -165,3 +171,70 @@ def any_queue(request, tmp_path, server_databases) -> Iterator[Queue]:
     q.init()
     yield q
     q.close()
+
+
+@dataclass
+class Web:
+    """A served dashboard and an HTTP client (with a cookie jar) pointed at it."""
+
+    base: str
+    client: "httpx.Client"  # noqa: F821
+    populated: Populated
+
+    def csrf(self) -> str:
+        """The CSRF token of this client's cookie, as a page hands it to its forms."""
+        import re
+
+        html = self.client.get("/", headers={"accept": "text/html"}).text
+        return re.search(r'<meta name="csrf-token" content="([0-9a-f]+)">', html)[1]
+
+    def post_form(self, path: str, fields: dict | None = None, token: str | None = None, **kwargs):
+        data = dict(fields or {})
+        data["csrf_token"] = self.csrf() if token is None else token
+        return self.client.post(path, data=data, headers={"accept": "text/html", **kwargs.pop("headers", {})}, **kwargs)
+
+
+@pytest.fixture
+def serve(populated):
+    """serve(**create_app options) -> Web, stopped at the end of the test."""
+    import httpx
+
+    import queuecore_web
+
+    with contextlib.ExitStack() as stack:
+
+        def start(**options) -> Web:
+            app = queuecore_web.create_app(populated.queue, **options)
+            base = stack.enter_context(serving(app))
+            client = stack.enter_context(httpx.Client(base_url=base, timeout=30))
+            return Web(base, client, populated)
+
+        yield start
+
+
+@pytest.fixture
+def web(serve) -> Web:
+    return serve()
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """The base URL (``http://127.0.0.1:PORT``) of ``app`` while the block runs."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
