@@ -29,7 +29,7 @@ import peewee
 from .errors import ConfigurationError, InvalidItemError, ItemNotFound, PluginLoadError, QueuecoreError
 from .items import Item
 from .models import QueueItem, Status
-from .plugins import ENTRY_POINT_GROUP, PLUGINS_ENV_VAR, PluginSet
+from .plugins import ENTRY_POINT_GROUP, PLUGINS_ENV_VAR, RESERVED_NAME, PluginSet
 from .queue import Queue, parse_status
 from .storage import DEFAULT_URL, URL_ENV_VAR, redact_url
 
@@ -756,7 +756,9 @@ def list_(state: CliState, statuses: tuple[Status, ...], types: tuple[str, ...],
 def _last_error(item: Item) -> str | None:
     if not item.errors:
         return None
-    name, text = next(iter(sorted(item.errors.items())))
+    # A plugin's own error says more than the runner's "gave up after N tries".
+    name = min(item.errors, key=lambda n: (n == RESERVED_NAME, n))
+    text = item.errors[name]
     more = f" (+{len(item.errors) - 1} more)" if len(item.errors) > 1 else ""
     return _shorten(f"{name}: {text}", 60) + more
 

@@ -812,3 +812,27 @@ def test_supervisor_restarts_a_killed_runner_and_stops_all_on_sigterm(
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert {item for _, item in _calls(calls)} == set(range(1, 41))
+
+
+def test_new_plugin_with_the_real_scaffold(tmp_path: Path, invoke: Callable[..., Result]) -> None:
+    pytest.importorskip("queuecore.scaffold")
+    result = ok(invoke("new-plugin", "slack", "--dir", str(tmp_path)))
+    assert result.stdout == f"created {tmp_path / 'queuecore-slack'}\n"
+    assert (tmp_path / "queuecore-slack" / "pyproject.toml").exists()
+    assert_error(invoke("new-plugin", "slack", "--dir", str(tmp_path)), 1, "already exists")
+    assert_error(invoke("new-plugin", "Not A Name", "--dir", str(tmp_path)), 2, "cannot be a plugin name")
+
+
+def test_every_command_and_option_is_in_the_reference() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "reference" / "cli.md").read_text()
+    headings = set(re.findall(r"^## (\S+)$", text, re.M))
+    for name, command in cli.commands.items():
+        assert name in headings, f"docs/reference/cli.md has no '## {name}' section"
+        section = text.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+        for param in command.params:
+            for opt in param.opts:
+                if opt.startswith("-") and opt not in ("-h", "--help"):
+                    assert opt in section, f"{opt} of '{name}' is not documented in its section"
+    for param in cli.params:
+        for opt in param.opts:
+            assert f"`{opt}" in text, f"global option {opt} is not documented"
