@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,8 @@ def throughput(queue: Queue, hours: int = 3, now: dt.datetime | None = None) -> 
     query = (
         Item.select(Item.status, minute, peewee.fn.COUNT(peewee.SQL("*")))
         .where(Item.status.in_([int(Status.DONE), int(Status.ERROR)]), Item.lasttry_dtime >= _param_time(storage, start))
-        .group_by(Item.status, minute)
+        # By position: PostgreSQL sees the two copies of a bound expression as different.
+        .group_by(peewee.SQL("1"), peewee.SQL("2"))
         .tuples()
     )
     counts: dict[tuple[int, dt.datetime], int] = {}
@@ -234,7 +236,7 @@ def failures(queue: Queue, scan: int = DEFAULT_SCAN) -> Failures:
     groups: dict[tuple[str, str], FailureGroup] = {}
     for item_id, typ, status, trials, lasttry, errors in rows:
         item = FailedItem(item_id, typ, Status(status), trials, storage.parse_time(lasttry))
-        errors = errors if isinstance(errors, dict) else {}
+        errors = _as_map(errors)
         entries = {p: e for p, e in errors.items() if p != RUNNER_KEY} or errors
         if not entries:
             entries = {RUNNER_KEY: "(no error recorded)"}
@@ -246,6 +248,16 @@ def failures(queue: Queue, scan: int = DEFAULT_SCAN) -> Failures:
             group.items.append(item)
     ordered = sorted(groups.values(), key=lambda g: (-g.count, g.plugin, g.error))
     return Failures(ordered, scanned=len(rows), scan_limit=scan)
+
+
+def _as_map(value: Any) -> dict[str, Any]:
+    # JSON columns come back decoded from most drivers, as text from some (MariaDB).
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _iso(value: dt.datetime | None) -> str | None:
