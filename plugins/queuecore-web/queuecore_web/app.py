@@ -143,6 +143,7 @@ def create_app(
     auth: str | Credentials | None = None,
     csrf_secret: bytes | None = None,
     failure_scan: int = queries.DEFAULT_SCAN,
+    refresh_seconds: float = 10.0,
 ) -> Starlette:
     """The dashboard for ``queue`` as an ASGI application.
 
@@ -152,6 +153,7 @@ def create_app(
     :param csrf_secret: the key CSRF tokens are signed with; random by default,
         so tokens from before a restart are refused (a reload fixes that).
     :param failure_scan: how many of the newest failed items the failure groups are built from.
+    :param refresh_seconds: how often the overview refreshes its counts (the chart: every minute).
     """
     credentials = Credentials.parse(auth) if isinstance(auth, str) else auth
     dash = Dashboard(queue, read_only=read_only, csrf=Csrf(csrf_secret), failure_scan=failure_scan)
@@ -162,6 +164,7 @@ def create_app(
     async def overview(request: Request) -> Response:
         data = await dash.db(_overview, queue)
         return dash.page(request, "overview.html", nav="overview", purge_ages=PURGE_AGES,
+                         refresh_ms=int(refresh_seconds * 1000),
                          hours=_int_param(request, "hours", DEFAULT_HOURS, 1, queries.MAX_HOURS), **data)
 
     async def failures_page(request: Request) -> Response:

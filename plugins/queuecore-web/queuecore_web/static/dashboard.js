@@ -66,7 +66,8 @@
   if (chartBox) {
     drawChart();
     setInterval(drawChart, 60000);
-    setInterval(refreshCounts, 10000);
+    var counts = document.getElementById("counts");
+    setInterval(refreshCounts, Number((counts && counts.dataset.refreshMs) || 10000));
     window.addEventListener("resize", function () {
       if (plot) plot.setSize({ width: Math.max(300, chartBox.clientWidth - 16), height: 240 });
     });
