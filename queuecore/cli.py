@@ -619,6 +619,7 @@ def run(
     with _errors(state.url):
         queue.init()
     if processes > 1:
+        state.close()  # the supervisor itself does not use the database
         _supervise(state, processes, burst=burst, batch_size=batch_size, lease=lease, max_trials=max_trials,
                    retry_delay=retry_delay, concurrency=concurrency)
         return
@@ -686,7 +687,7 @@ def _supervise(state: CliState, processes: int, *, burst: bool, batch_size: int,
     env = {**os.environ, URL_ENV_VAR: state.url}
     code = Supervisor(args, processes, env=env, burst=burst).run()
     if code:
-        raise CliError(f"runner processes kept failing; stopped all (see the log above)", code)
+        raise CliError("runner processes kept failing; stopped all (see the log above)", code)
 
 
 # -------------------------------------------------------------------------

@@ -836,3 +836,24 @@ def test_every_command_and_option_is_in_the_reference() -> None:
     for param in cli.params:
         for opt in param.opts:
             assert f"`{opt}" in text, f"global option {opt} is not documented"
+
+
+def test_the_commands_on_every_backend(db_url: str, plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin_dir.add("okay", OK_PLUGIN)
+    monkeypatch.setenv(PLUGINS_ENV_VAR, "okay")
+
+    def run(*args: str, input: str | None = None) -> str:
+        return ok(CliRunner().invoke(cli, ["--db", db_url, *args], input=input)).stdout
+
+    run("init")
+    lines = "".join(json.dumps({"type": t, "payload": {"n": i}}) + "\n" for i, t in enumerate(["a", "a", "a", "boom"]))
+    ids = json.loads(run("enqueue", "--file", "-", "--json", input=lines))["ids"]
+    run("run", "--burst", "--max-trials", "1", "--concurrency", "2")
+    status = json.loads(run("status", "--json"))
+    assert (status["done"], status["error"], status["oldest_due_age_seconds"]) == (3, 1, None)
+    (failed,) = json.loads(run("list", "--status", "error", "--json"))
+    assert failed["id"] == ids[3] and failed["errors"]["okay"] == "ValueError: boom went the plugin"
+    assert json.loads(run("show", str(ids[3]), "--json"))["status"] == "error"
+    assert run("retry", "--status", "error", "--reset") == "1 item back to pending (results reset)\n"
+    assert run("purge", "--status", "done") == "purged 3 items\n"
+    assert json.loads(run("status", "--json"))["pending"] == 1
