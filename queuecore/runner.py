@@ -334,12 +334,12 @@ class Runner:
             errors = load(row.errors)
             if not isinstance(results, dict) or not isinstance(errors, dict):
                 raise ValueError("results and errors must be JSON objects")
-        except ValueError:
+        except (ValueError, RecursionError):
             results, errors = {}, {}
             errors[RESERVED_NAME] = "results/errors columns hold invalid JSON; they were reset"
         try:
             payload = load(row.payload)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python can decode
             errors[RESERVED_NAME] = f"payload is not valid JSON ({exc}); it cannot be processed"
             log.error("item %d: %s", row.id, errors[RESERVED_NAME])
             now = utcnow()
@@ -378,6 +378,7 @@ class Runner:
         errors: dict[str, str] = item.errors  # type: ignore[assignment]
         view = MappingProxyType(results)
         item.results = view
+        item.errors = MappingProxyType(errors)  # only a plugin's return value is persisted
         accepted = failed = interrupted = permanent = False
         wait_at_least = 0.0
         for name, call in self._calls:
@@ -406,7 +407,7 @@ class Runner:
                     continue
                 if answer is not True:
                     error = "returned False" if answer is False else (
-                        f"plugin {name!r} returned {answer!r:.200} (expected True, False or None)"
+                        f"plugin {name!r} returned {_safe_repr(answer):.200} (expected True, False or None)"
                     )
             counters = stats.get(name)
             if counters is None:
@@ -542,8 +543,19 @@ def _count(summary: BatchSummary, status: int) -> None:
 
 
 def _error_text(exc: BaseException, kind: str | None = None) -> str:
-    text = f"{kind or type(exc).__name__}: {exc}" if str(exc) else (kind or type(exc).__name__)
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001 - a plugin's exception may fail to print itself
+        message = f"<unprintable {type(exc).__name__}>"
+    text = f"{kind or type(exc).__name__}: {message}" if message else (kind or type(exc).__name__)
     return text[:MAX_ERROR_TEXT]
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except BaseException:  # noqa: BLE001 - a plugin's return value may fail to print itself
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _dumps(value: Any) -> str:

@@ -152,6 +152,12 @@ Outcome = tuple[int, int, str, str, dt.datetime, dt.datetime | None, int, int]
 _CLAIMED_COLUMNS = (
     "id, type, payload, trials, results, errors, priority, creation_dtime, lasttry_dtime, claim_token"
 )
+# PostgreSQL returns the JSON columns of a claim as text, decoded by the runner
+# item by item: psycopg decoding jsonb itself would fail the whole claim on one
+# row nested deeper than Python's recursion limit (and crash every runner).
+_CLAIMED_COLUMNS_PG = (
+    "id, type, payload::text, trials, results::text, errors::text, priority, creation_dtime, lasttry_dtime, claim_token"
+)
 
 
 class Storage:
@@ -164,8 +170,8 @@ class Storage:
         self.table = QueueItem._meta.table_name
         self._param = "?" if self.backend == "sqlite" else "%s"
         self._json_param = "CAST(%s AS jsonb)" if self.backend == "postgres" else self._param
-        # psycopg decodes jsonb itself; SQLite and MySQL hand back text.
-        self.load_json = _already_decoded if self.backend == "postgres" else _decode_json_text
+        # Every backend hands a claim's JSON columns back as text (see _CLAIMED_COLUMNS_PG).
+        self.load_json = _decode_json_text
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._build_statements()
@@ -289,7 +295,7 @@ class Storage:
         )
         self._claim_sql = (
             f"UPDATE {t} SET {claim_set} WHERE id IN ({self._select_due_sql}{lock}) "
-            f"RETURNING {_CLAIMED_COLUMNS}"
+            f"RETURNING {_CLAIMED_COLUMNS_PG if self.backend == 'postgres' else _CLAIMED_COLUMNS}"
         )
         self._mysql_lock_sql = self._select_due_sql + lock
         self._mysql_claim_update_sql = f"UPDATE {t} SET {claim_set} WHERE id IN ({{ids}})"
@@ -598,10 +604,6 @@ def _decode_json_text(value: str | bytes) -> Any:
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     return _decode_json(value)
-
-
-def _already_decoded(value: Any) -> Any:
-    return value
 
 
 def _bind_models(database: peewee.Database) -> tuple[Any, ...]:
