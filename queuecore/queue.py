@@ -170,6 +170,8 @@ class Queue:
         self.storage.ensure_schema()
         if not isinstance(limit, int) or limit < 1:
             raise ConfigurationError(f"limit must be a positive int, not {limit!r}")
+        if before_id is not None:
+            before_id = _check_id(before_id)
         rows = self.storage.select_rows(_as_statuses(status), _as_list(type), limit, before_id)
         return [self._to_item(r) for r in rows]
 
@@ -270,6 +272,8 @@ def _check_type_name(type_: Any) -> None:
 def _check_id(item_id: Any) -> int:
     if isinstance(item_id, bool) or not isinstance(item_id, int):
         raise InvalidItemError(f"an item id is an int, not {item_id!r}")
+    if not -(2**63) <= item_id < 2**63:  # the drivers overflow beyond a 64-bit column
+        raise InvalidItemError(f"no item can have the id {item_id}: ids are 64-bit integers")
     return item_id
 
 
