@@ -52,10 +52,21 @@ def redact_url(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
+    # Drivers also take the password as a query parameter (?password=...).
+    query = "&".join(
+        f"{key}=***" if key.lower() in _SECRET_PARAMS else pair
+        for pair in parts.query.split("&")
+        for key in [pair.split("=", 1)[0]]
+    )
+    if netloc == parts.netloc and query == parts.query:
         return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_SECRET_PARAMS = {"password", "passwd", "pass", "sslpassword"}
 
 
 def open_database(url: str) -> peewee.Database:
