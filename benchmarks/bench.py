@@ -116,6 +116,7 @@ def machine_info():
         "sqlite": sqlite3.sqlite_version,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
+        "loadavg_at_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     try:
         import psycopg
@@ -273,6 +274,9 @@ def main(argv=None):
                          "ratio_s": "-" if ratio is None else f"{ratio:.2f}x", "floor": floor})
     print()
     print_table(rows, markdown=args.markdown)
+    print(f"# loadavg at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+          " (a shared machine: other jobs' load shows in the wall-clock figures)")
+    info["loadavg_at_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     target_rows = check_targets(results)
     if target_rows:
         print()
