@@ -435,6 +435,7 @@ class Runner:
             errors[RESERVED_NAME] = (
                 f"no plugin accepted type {item.type!r} (plugins: {', '.join(self._plugin_names) or 'none'})"
             )
+            self._report(item, RESERVED_NAME, errors[RESERVED_NAME])
         else:
             errors.pop(RESERVED_NAME, None)
         if not failed:

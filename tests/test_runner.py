@@ -123,6 +123,14 @@ def test_an_item_no_plugin_accepts_is_a_failed_try_not_done(queue):
     assert "mail" in got.errors["queuecore"]
 
 
+def test_an_unaccepted_item_is_reported_like_a_plugin_failure(queue):
+    item = queue.enqueue("orphan", 1)
+    reports = []
+    Runner(queue, plugins={}, on_failure=reports.append, retry_delay=60).process_batch()
+    assert [(r.item_id, r.plugin) for r in reports] == [(item.id, "queuecore")]
+    assert "no plugin accepted type 'orphan'" in reports[0].error
+
+
 def test_installing_the_missing_plugin_later_lets_the_item_proceed(queue):
     item = queue.enqueue("late", 1)
     make_runner(queue, {}, max_trials=5).process_batch()
