@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -41,6 +42,8 @@ IDLE_POLL_MIN, IDLE_POLL_MAX = 0.05, 1.0
 #: Reconnecting after a lost database backs off up to this many seconds.
 RECONNECT_MAX_DELAY = 30.0
 MAX_ERROR_TEXT = 2000
+#: Seconds a batch may reuse one reading of the wall clock for its outcomes.
+CLOCK_RESOLUTION = 0.005
 
 # A plugin call: (item, results view) -> answer; adapts to the arguments the
 # implementation declares.
@@ -239,17 +242,24 @@ class Runner:
         return summary
 
     def _process_serially(self, items: list[tuple[Item, int]], pending: list[Outcome], summary: BatchSummary) -> None:
-        last_flush = time.monotonic()
+        last_flush = last_tick = time.monotonic()
+        now = utcnow()
         for index, (item, token) in enumerate(items):
             if self._stop.is_set():
                 self._release_unstarted(items[index:], pending, summary)
                 return
-            outcome = self._process_item(item, token, self._stats)
+            outcome = self._process_item(item, token, self._stats, now)
             pending.append(outcome)
             _count(summary, outcome[0])
-            if time.monotonic() - last_flush > FLUSH_INTERVAL:
-                self._flush(pending, summary)
-                last_flush = time.monotonic()
+            tick = time.monotonic()
+            # A wall-clock reading costs more than a fast plugin call: refresh it
+            # only when time has visibly moved.
+            if tick - last_tick > CLOCK_RESOLUTION:
+                now = utcnow()
+                last_tick = tick
+                if tick - last_flush > FLUSH_INTERVAL:
+                    self._flush(pending, summary)
+                    last_flush = tick
 
     def _process_threaded(self, items: list[tuple[Item, int]], pending: list[Outcome], summary: BatchSummary) -> None:
         lock = threading.Lock()
@@ -369,10 +379,13 @@ class Runner:
         )
         return item, None
 
-    def _process_item(self, item: Item, token: int, stats: dict[str, list]) -> Outcome:
+    def _process_item(
+        self, item: Item, token: int, stats: dict[str, list], now: dt.datetime | None = None
+    ) -> Outcome:
         """Call each plugin that has not yet succeeded on ``item``; the outcome to write back.
 
-        ``stats`` (plugin -> [successes, failures, seconds]) is added to.
+        ``stats`` (plugin -> [successes, failures, seconds]) is added to;
+        ``now`` is the caller's recent reading of the clock, if it has one.
         """
         results: dict[str, bool] = item.results  # type: ignore[assignment]
         errors: dict[str, str] = item.errors  # type: ignore[assignment]
@@ -425,11 +438,12 @@ class Runner:
                 errors[name] = error
                 self._report(item, name, error)
 
-        now = utcnow()
+        if now is None:
+            now = utcnow()
         trials = item.trials
         if interrupted:
             # Stopped before every plugin had its say: keep the answers, no try counted.
-            return (Status.PENDING, trials, _dumps(results), _dumps(errors), now, item.lasttry_dtime, item.id, token)
+            return (Status.PENDING, trials, _dumps_results(results), _dumps(errors), now, item.lasttry_dtime, item.id, token)
         if not accepted:
             failed = True
             errors[RESERVED_NAME] = (
@@ -439,16 +453,16 @@ class Runner:
         else:
             errors.pop(RESERVED_NAME, None)
         if not failed:
-            return (Status.DONE, trials, _dumps(results), _dumps(errors), now, now, item.id, token)
+            return (Status.DONE, trials, _dumps_results(results), _dumps(errors), now, now, item.id, token)
         trials += 1
         if permanent or trials >= self.max_trials:
             if not permanent:
                 gave_up = f"gave up after {trials} tries (max_trials={self.max_trials})"
                 reason = errors.get(RESERVED_NAME)
                 errors[RESERVED_NAME] = f"{reason}; {gave_up}" if reason else gave_up
-            return (Status.ERROR, trials, _dumps(results), _dumps(errors), now, now, item.id, token)
+            return (Status.ERROR, trials, _dumps_results(results), _dumps(errors), now, now, item.id, token)
         delay = max(self.backoff(trials), wait_at_least)
-        return (Status.NEED_RETRY, trials, _dumps(results), _dumps(errors), now + _seconds(delay), now, item.id, token)
+        return (Status.NEED_RETRY, trials, _dumps_results(results), _dumps(errors), now + _seconds(delay), now, item.id, token)
 
     def backoff(self, trials: int) -> float:
         """Seconds before the next try after ``trials`` failed ones: exponential,
@@ -563,7 +577,18 @@ def _dumps(value: Any) -> str:
     return _encode_json(value) if value else "{}"
 
 
+def _dumps_results(results: dict[str, bool]) -> str:
+    """JSON of a results map, without the general encoder for the usual name -> bool map."""
+    parts = []
+    for name, value in results.items():
+        if value.__class__ is not bool:
+            return _dumps(results)
+        parts.append(_encoded_name(name) + (":true" if value else ":false"))
+    return "{" + ",".join(parts) + "}"
+
+
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encoded_name = functools.lru_cache(maxsize=4096)(_encode_json)
 
 
 def _seconds(value: float) -> dt.timedelta:

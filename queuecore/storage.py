@@ -388,9 +388,16 @@ class Storage:
         if not outcomes:
             return 0
         if self.backend == "sqlite":
-            outcomes = [
-                (s, tr, r, e, self._time(ra), self._time(lt), i, tok) for (s, tr, r, e, ra, lt, i, tok) in outcomes
-            ]
+            # Outcomes of a batch share a few clock readings: format each once.
+            texts: dict[Any, Any] = {None: None}
+
+            def text(value: dt.datetime | None) -> Any:
+                found = texts.get(value)
+                if found is None and value is not None:
+                    found = texts[value] = self._time(value)
+                return found
+
+            outcomes = [(s, tr, r, e, text(ra), text(lt), i, tok) for (s, tr, r, e, ra, lt, i, tok) in outcomes]
         with self.transaction():
             cursor = self.db.cursor()
             if self.backend == "mysql":
