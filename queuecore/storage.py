@@ -211,10 +211,16 @@ class Storage:
     # -- schema -------------------------------------------------------------
 
     def ensure_schema(self) -> None:
+        """Create the schema on first use; a current schema is only read, so a
+        database user without DDL rights can use a queue someone else created."""
         if self._schema_ready:
             return
         with self._schema_lock:
-            if not self._schema_ready:
+            if self._schema_ready:
+                return
+            if self.db.table_exists(self.Schema._meta.table_name) and self.schema_version() == SCHEMA_VERSION:
+                self._schema_ready = True
+            else:
                 self.create_schema()
 
     def create_schema(self) -> int:

@@ -106,3 +106,39 @@ def test_an_idle_postgres_runner_is_woken_by_notify(monkeypatch, postgres_url):
     assert len(latencies) == 3
     assert max(latencies) < 10
     assert queue.counts()[Status.DONE] == 3
+
+
+def test_a_database_user_without_ddl_rights_can_use_an_existing_queue(postgres_url):
+    """Deployments often run the app as a user that may not create tables: only `init` needs that."""
+    import psycopg
+
+    Queue(postgres_url).init()
+    role = "qc_app_user"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            conn.execute(f"DROP OWNED BY {role}")  # left by an interrupted run
+            conn.execute(f"DROP ROLE {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    app_url = postgres_url.replace("postgresql://postgres@", f"postgresql://{role}@")
+    try:
+        queue = Queue(app_url)
+        item = queue.enqueue("t", {"by": role})
+        Runner(queue, plugins={"p": _AlwaysDone()}).run(burst=True)
+        assert queue.get(item.id).status is Status.DONE
+        queue.close()
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+            )
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+class _AlwaysDone:
+    @hookimpl
+    def process_item(self):
+        return True
