@@ -277,14 +277,16 @@ def test_sigkill_at_random_points_loses_nothing(any_url, fleet_factory, tmp_path
         nonlocal enqueued
         counts = q.counts()
         waiting = counts[Status.PENDING] + counts[Status.NEED_RETRY]
-        if enqueued < n_items and waiting < backlog:
-            k = min(backlog, n_items - enqueued)
+        # ... and spread the items over the kills, so the last ones come near the end.
+        quota = n_items * (len(killed) + 1) // target_kills
+        if enqueued < n_items and (waiting < backlog or enqueued < quota):
+            k = min(max(backlog - waiting, quota - enqueued, 1), n_items - enqueued)
             ids = q.enqueue_many([("fault", {"n": enqueued + i}) for i in range(k)])
             enqueued += len(ids)
 
+    killed: set[int] = set()
     top_up()
     live = [start(True) for _ in range(n_runners)]
-    killed: set[int] = set()
     external = held_at_kill = idle_polls = 0
     started = time.monotonic()
     while len(killed) < target_kills:
