@@ -178,11 +178,11 @@ def check_targets(results):
         if t.min_ratio is not None:
             ok = ratio >= t.min_ratio
             goal = f">= {t.min_ratio:g}x"
-            miss = "" if ok else f"missed by {(1 - ratio / t.min_ratio) * 100:.0f}%"
+            miss = "" if ok else f"missed by {(1 - ratio / t.min_ratio) * 100:.1f}%"
         else:
             ok = ratio <= t.max_ratio
             goal = f"<= {t.max_ratio:g}x"
-            miss = "" if ok else f"missed by {(ratio / t.max_ratio - 1) * 100:.0f}%"
+            miss = "" if ok else f"missed by {(ratio / t.max_ratio - 1) * 100:.1f}%"
         out.append({"target": t.text, "num": t.num, "den": den_ref, "ratio": ratio, "goal": goal,
                     "met": ok, "verdict": "met" if ok else miss})
     return out
@@ -228,27 +228,37 @@ def main(argv=None):
     results = {}  # case -> {"ok":..., "metrics": {m: median}, "reason":...}
     failed_core = False
     t_all = time.perf_counter()
-    for c in chosen:
-        reps = 1 if args.quick else (c.repeat or repeat)
-        timeout = (min(c.timeout, 60) if args.quick else c.timeout) * args.timeout_scale
-        samples, outcome = {}, None
-        t0 = time.perf_counter()
-        for _ in range(reps):
+    # Repetitions are interleaved (rep 1 of every case, then rep 2, ...) so that a
+    # change in the machine's load during the run spreads over every case instead
+    # of landing on whichever cases happen to run in the busy minutes.
+    samples = {c.name: {} for c in chosen}
+    outcome = {c.name: None for c in chosen}
+    used_n = {c.name: n for c in chosen}
+    spent = {c.name: 0.0 for c in chosen}
+    for rep in range(repeat):
+        for c in chosen:
+            reps = 1 if args.quick else (c.repeat or repeat)
+            if rep >= reps or outcome[c.name] is not None:
+                continue
+            timeout = (min(c.timeout, 60) if args.quick else c.timeout) * args.timeout_scale
+            t0 = time.perf_counter()
             res = run_child(c, n, args.quick, args.workdir, timeout, args.verbose)
+            spent[c.name] += time.perf_counter() - t0
             if not res.get("ok"):
-                outcome = res
-                break
-            for m, v in res["metrics"].items():
-                samples.setdefault(m, []).append(v)
-            used_n = res.get("n", n)
-        if outcome is None:
-            outcome = {"ok": True, "metrics": {m: harness.median(v) for m, v in samples.items()},
-                       "samples": samples, "n": used_n}
-        results[c.name] = outcome
-        status = "ok" if outcome["ok"] else ("skipped" if outcome.get("skip") else "FAILED")
-        print(f"#   {c.name}: {status} in {time.perf_counter() - t0:.1f}s"
-              + ("" if outcome["ok"] else f" ({outcome['reason']})"), file=sys.stderr, flush=True)
-        if status == "FAILED" and c.group in ("floor", "queuecore"):
+                outcome[c.name] = res
+            else:
+                for m, v in res["metrics"].items():
+                    samples[c.name].setdefault(m, []).append(v)
+                used_n[c.name] = res.get("n", n)
+            status = "ok" if res.get("ok") else ("skipped" if res.get("skip") else "FAILED")
+            print(f"#   rep {rep + 1} {c.name}: {status} in {time.perf_counter() - t0:.1f}s"
+                  + ("" if res.get("ok") else f" ({res['reason']})"), file=sys.stderr, flush=True)
+    for c in chosen:
+        if outcome[c.name] is None:
+            outcome[c.name] = {"ok": True, "n": used_n[c.name], "samples": samples[c.name],
+                               "metrics": {m: harness.median(v) for m, v in samples[c.name].items()}}
+        results[c.name] = outcome[c.name]
+        if not outcome[c.name]["ok"] and not outcome[c.name].get("skip") and c.group in ("floor", "queuecore"):
             failed_core = True
 
     rows = []

@@ -211,6 +211,29 @@ def run_processes(target, args_list, timeout=None, return_start=False):
     return (elapsed, results, start_wall) if return_start else (elapsed, results)
 
 
+def cached_sqlite(ctx, key: str, build) -> str:
+    """A SQLite file built once per run by ``build(path)`` (e.g. a 1,000,000-row table),
+    copied into the case's workdir for each repetition; returns the copy's path."""
+    cache = os.path.join(os.path.dirname(ctx.workdir), "_cache")
+    os.makedirs(cache, exist_ok=True)
+    src = os.path.join(cache, key + ".db")
+    if not os.path.exists(src):
+        tmp = src + ".tmp"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(tmp + suffix):
+                os.remove(tmp + suffix)
+        build(tmp)
+        import sqlite3
+
+        conn = sqlite3.connect(tmp)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        os.replace(tmp, src)
+    dst = ctx.path(key + ".db")
+    shutil.copyfile(src, dst)
+    return dst
+
+
 def peak_rss_mib(pid: int | None = None) -> float:
     """Peak RSS (VmHWM) of a process, in MiB (Linux)."""
     with open(f"/proc/{pid or 'self'}/status") as f:

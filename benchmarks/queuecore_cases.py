@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from harness import Skip, case, target, ts, utcnow
+from harness import Skip, cached_sqlite, case, target, ts, utcnow
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "qc_worker.py")
@@ -136,22 +136,7 @@ def _fill_done_sqlite(path, n):
 
 
 def _cached_sqlite(ctx, key, build):
-    """A SQLite file built once per run by `build(path)`, copied for each repetition."""
-    cache = os.path.join(os.path.dirname(ctx.workdir), "_cache")
-    os.makedirs(cache, exist_ok=True)
-    src = os.path.join(cache, key + ".db")
-    if not os.path.exists(src):
-        tmp = src + ".tmp"
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(tmp + suffix):
-                os.remove(tmp + suffix)
-        build(tmp)
-        q = _queue("sqlite:///" + tmp)
-        q.close()
-        os.replace(tmp, src)
-    dst = ctx.path("qc.db")
-    shutil.copyfile(src, dst)
-    return "sqlite:///" + dst
+    return "sqlite:///" + cached_sqlite(ctx, key, build)
 
 
 # ------------------------------------------------------------------ SQLite cases
@@ -205,7 +190,7 @@ if queuecore is not None:
         return {"drain": ctx.n / secs}
 
     @case("qc.sqlite.done1m", backend="sqlite", group="queuecore", quick=False, timeout=600,
-          floors={"drain": "qc.sqlite:drain"})
+          floors={"drain": "sqlite.raw.done1m:drain"})
     def qc_sqlite_done1m(ctx):
         """1,000,000 done rows, then N pending are drained; ratio to the N-only table."""
         def build(path):
@@ -221,7 +206,7 @@ if queuecore is not None:
         return {"drain": ctx.n / secs}
 
     @case("qc.sqlite.pending1m", backend="sqlite", group="queuecore", quick=False, timeout=600,
-          floors={"drain": "qc.sqlite:drain"})
+          floors={"drain": "sqlite.raw.pending1m:drain"})
     def qc_sqlite_pending1m(ctx):
         """1,000,000 pending rows; drain the first N; ratio to the N-only table."""
         def build(path):

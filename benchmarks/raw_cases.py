@@ -16,7 +16,7 @@ import os
 import sqlite3
 import time
 
-from harness import case, noop, run_processes, timedelta, ts, utcnow
+from harness import cached_sqlite, case, noop, run_processes, timedelta, ts, utcnow
 
 BATCH = 500
 LEASE = timedelta(seconds=300)
@@ -330,3 +330,46 @@ def pg_raw_single(ctx):
     elapsed = time.perf_counter() - t0
     assert pg_count(conn, 0) == ctx.n
     return {"enqueue_single": ctx.n / elapsed}
+
+
+# ------------------------------------------------------------------ scale floors
+
+BIG = 1_000_000
+
+
+def _build_done(path):
+    conn = sqlite_create(path)
+    sqlite_enqueue(conn, BIG)
+    now = ts(utcnow())
+    conn.execute("UPDATE item SET status = 3, results = '{\"noop\": true}', lasttry_dtime = ?", (now,))
+    conn.close()
+
+
+def _build_pending(path):
+    conn = sqlite_create(path)
+    for start in range(0, BIG, 100_000):
+        sqlite_enqueue(conn, 100_000, start)
+    conn.close()
+
+
+@case("sqlite.raw.done1m", backend="sqlite", group="floor", quick=False, timeout=600,
+      floors={"drain": "sqlite.raw:drain"})
+def sqlite_raw_done1m(ctx):
+    """1,000,000 done rows, then N pending drained; ratio to the N-only table."""
+    conn = sqlite_connect(cached_sqlite(ctx, "raw_done1m", _build_done))
+    sqlite_enqueue(conn, ctx.n, start=BIG)
+    t0 = time.perf_counter()
+    done = sqlite_drain(conn)
+    assert done == ctx.n
+    return {"drain": ctx.n / (time.perf_counter() - t0)}
+
+
+@case("sqlite.raw.pending1m", backend="sqlite", group="floor", quick=False, timeout=600,
+      floors={"drain": "sqlite.raw:drain"})
+def sqlite_raw_pending1m(ctx):
+    """1,000,000 pending rows; drain the first N; ratio to the N-only table."""
+    conn = sqlite_connect(cached_sqlite(ctx, "raw_pending1m", _build_pending))
+    t0 = time.perf_counter()
+    done = sqlite_drain(conn, limit=ctx.n)
+    assert done == ctx.n
+    return {"drain": ctx.n / (time.perf_counter() - t0)}
