@@ -214,7 +214,7 @@ class Runner:
         """Claim up to ``batch_size`` due items, process them, write back; returns what happened."""
         self.storage.ensure_schema()
         now = utcnow()
-        rows = self.storage.claim(self.name, now, now + _seconds(self.lease_seconds), batch_size)
+        rows = self.storage.claim(self.name, now, now + _seconds(self.lease_seconds), batch_size, self.max_trials)
         summary = BatchSummary(claimed=len(rows))
         if not rows:
             return summary

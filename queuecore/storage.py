@@ -306,7 +306,7 @@ class Storage:
         # trials comes first: MySQL evaluates SET left to right with the new
         # values, so it must read status before status is overwritten.
         claim_set = (
-            f"trials = trials + CASE WHEN status = {Status.IN_PROGRESS:d} THEN 1 ELSE 0 END, "
+            f"trials = trials + CASE WHEN status = {Status.IN_PROGRESS:d} AND trials < {p} THEN 1 ELSE 0 END, "
             f"status = {Status.IN_PROGRESS:d}, lease_owner = {p}, lease_expires = {p}, run_after = {p}, "
             f"claim_token = claim_token + 1"
         )
@@ -356,20 +356,26 @@ class Storage:
             return value
         return dt.datetime.fromisoformat(value)
 
-    def claim(self, owner: str, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[ClaimedRow]:
-        """Atomically take up to ``limit`` due items, highest priority then oldest first."""
+    def claim(
+        self, owner: str, now: dt.datetime, lease_until: dt.datetime, limit: int, max_trials: int | None = None
+    ) -> list[ClaimedRow]:
+        """Atomically take up to ``limit`` due items, highest priority then oldest first.
+
+        Taking over an item whose lease expired counts as a try, up to ``max_trials``.
+        """
         until = self._time(lease_until)
+        cap = 2**31 - 1 if max_trials is None else max_trials
         if self.backend == "mysql":
-            return self._claim_mysql(owner, now, until, limit)
+            return self._claim_mysql(owner, now, until, limit, cap)
         with self.transaction():
-            cursor = self.db.execute_sql(self._claim_sql, (owner, until, until, self._time(now), limit))
+            cursor = self.db.execute_sql(self._claim_sql, (cap, owner, until, until, self._time(now), limit))
             rows = cursor.fetchall()
         claimed = [ClaimedRow(*row) for row in rows]
         # RETURNING gives no order; process highest priority, then oldest, first.
         claimed.sort(key=lambda r: (-r.priority, r.id))
         return claimed
 
-    def _claim_mysql(self, owner: str, now: dt.datetime, until: Any, limit: int) -> list[ClaimedRow]:
+    def _claim_mysql(self, owner: str, now: dt.datetime, until: Any, limit: int, cap: int) -> list[ClaimedRow]:
         # MySQL has no UPDATE ... RETURNING and refuses LIMIT in an IN
         # subquery: lock the rows, update them, read them, in one transaction.
         with self.transaction():
@@ -377,7 +383,7 @@ class Storage:
             if not ids:
                 return []
             marks = ", ".join(["%s"] * len(ids))
-            self.db.execute_sql(self._mysql_claim_update_sql.format(ids=marks), (owner, until, until, *ids))
+            self.db.execute_sql(self._mysql_claim_update_sql.format(ids=marks), (cap, owner, until, until, *ids))
             rows = self.db.execute_sql(self._mysql_claim_select_sql.format(ids=marks), ids).fetchall()
         claimed = [ClaimedRow(*row) for row in rows]
         claimed.sort(key=lambda r: (-r.priority, r.id))
