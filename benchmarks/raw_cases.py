@@ -373,3 +373,75 @@ def sqlite_raw_pending1m(ctx):
     done = sqlite_drain(conn, limit=ctx.n)
     assert done == ctx.n
     return {"drain": ctx.n / (time.perf_counter() - t0)}
+
+
+# ------------------------------------------------------------------ PostgreSQL, one-statement write-back
+
+PG_DONE_UNNEST = (
+    "UPDATE item SET status = 3, results = u.res::jsonb, errors = '{}', lasttry_dtime = %s,"
+    " lease_owner = NULL, lease_expires = NULL"
+    " FROM unnest(%s::bigint[], %s::int[], %s::text[]) AS u(id, tok, res)"
+    " WHERE item.id = u.id AND item.claim_token = u.tok"
+)
+
+
+def pg_drain_unnest(conn, owner: str = "raw", batch: int = BATCH) -> int:
+    """As pg_drain, but the batch's write-back is one UPDATE ... FROM unnest(arrays)."""
+    dumps = json.dumps
+    done = 0
+    while True:
+        now = utcnow()
+        exp = now + LEASE
+        with conn.cursor() as cur:
+            rows = cur.execute(PG_CLAIM, (owner, exp, exp, now, batch)).fetchall()
+        conn.commit()
+        if not rows:
+            break
+        ids, toks, res = [], [], []
+        for id_, payload, results, token in rows:
+            if noop(payload, results):
+                results["noop"] = True
+            ids.append(id_)
+            toks.append(token)
+            res.append(dumps(results))
+        conn.execute(PG_DONE_UNNEST, (now, ids, toks, res))
+        conn.commit()
+        done += len(rows)
+    return done
+
+
+def _pg_unnest_worker(ready_q, start_ev, result_q, url, owner):
+    try:
+        conn = pg_connect(url)
+        ready_q.put(owner)
+        start_ev.wait()
+        result_q.put(pg_drain_unnest(conn, owner))
+    except Exception as exc:  # noqa: BLE001
+        result_q.put(f"error: {type(exc).__name__}: {exc}")
+
+
+@case("pg.raw.unnest", backend="postgresql", group="floor", timeout=300,
+      units={"drain_cpu": "us/item (CPU)"}, floors={"drain_cpu": "pg.raw:drain_cpu"},
+      note="write-back as one UPDATE ... FROM unnest(ids, tokens, results) per batch")
+def pg_raw_unnest(ctx):
+    url = ctx.fresh_pg()
+    conn = pg_create(url)
+    pg_enqueue(conn, ctx.n)
+    t0, c0 = time.perf_counter(), time.process_time()
+    done = pg_drain_unnest(conn)
+    drain, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert done == ctx.n == pg_count(conn), (done, pg_count(conn))
+    return {"drain": ctx.n / drain, "drain_cpu": cpu / ctx.n * 1e6}
+
+
+@case("pg.raw.unnest.4proc", backend="postgresql", group="floor", timeout=300,
+      floors={"drain_4proc": "pg.raw.4proc:drain_4proc"})
+def pg_raw_unnest_4proc(ctx):
+    url = ctx.fresh_pg()
+    conn = pg_create(url)
+    pg_enqueue(conn, ctx.n)
+    conn.close()
+    elapsed, counts = run_processes(_pg_unnest_worker, [(url, f"w{i}") for i in range(4)])
+    conn = pg_connect(url)
+    assert sum(counts) == ctx.n == pg_count(conn), (counts, pg_count(conn))
+    return {"drain_4proc": ctx.n / elapsed}
