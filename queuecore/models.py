@@ -28,6 +28,10 @@ class Status(enum.IntEnum):
 
 #: Statuses whose items may still be claimed; the claim index covers only these.
 ACTIVE_STATUSES = (Status.PENDING, Status.IN_PROGRESS, Status.NEED_RETRY)
+#: Statuses of items that have been tried (retrying, done, error); the index on
+#: (status, lasttry_dtime) covers only these, so a claim of a pending item and
+#: the write-back of its first try touch it once, not four times.
+TRIED_STATUSES = (Status.NEED_RETRY, Status.DONE, Status.ERROR)
 
 
 class ItemIdField(peewee.BigAutoField):
@@ -81,12 +85,9 @@ class QueueItem(BaseModel):
 
     class Meta:
         table_name = "queuecore_item"
-        # The claim's index is backend-specific (partial where the backend
-        # allows it) and is created by storage.create_schema.
-        indexes = (
-            (("status", "type"), False),
-            (("status", "lasttry_dtime"), False),
-        )
+        # The indexes are backend-specific (partial where the backend allows
+        # it, so the runner's status changes move few index entries) and are
+        # created by storage.create_schema.
 
 
 class SchemaInfo(BaseModel):

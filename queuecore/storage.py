@@ -25,7 +25,7 @@ import peewee
 from playhouse import db_url
 
 from .errors import ConfigurationError
-from .models import ACTIVE_STATUSES, SCHEMA_VERSION, PluginStat, QueueItem, SchemaInfo, Status
+from .models import ACTIVE_STATUSES, SCHEMA_VERSION, TRIED_STATUSES, PluginStat, QueueItem, SchemaInfo, Status
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,11 @@ _CLAIMED_COLUMNS_PG = (
 class Storage:
     """Every query of one queue database."""
 
+    #: The condition of the partial (status, lasttry_dtime) index. SQLite uses
+    #: a partial index only for queries that state its condition word for
+    #: word, so queries meant for that index add :meth:`tried_only`.
+    TRIED_CONDITION = f"status >= {min(TRIED_STATUSES):d}"
+
     def __init__(self, database: peewee.Database) -> None:
         self.db = database
         self.backend = backend_of(database)
@@ -227,7 +232,7 @@ class Storage:
         """Create or upgrade the tables and indexes; idempotent. Returns the schema version."""
         with self.db.atomic():
             self.db.create_tables([self.Item, self.Schema, self.PluginStat], safe=True)
-            self._create_claim_index()
+            self._create_indexes()
             version = self.schema_version()
             if version is None:
                 self.Schema.insert(key="version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
@@ -244,20 +249,23 @@ class Storage:
         row = self.Schema.get_or_none(self.Schema.key == "version")
         return int(row.value) if row else None
 
-    def _create_claim_index(self) -> None:
-        # The claim walks this index in its ORDER BY and stops after `limit`
+    def _create_indexes(self) -> None:
+        # The claim walks its index in its ORDER BY and stops after `limit`
         # due rows, so it neither sorts the backlog nor reads done rows: the
         # partial index holds only claimable statuses.
         name = f"{self.table}_claim"
-        if self.backend == "sqlite":
+        # Operators' views (failures, purge, the dashboard's history) read
+        # tried items by status and last try; pending items stay out of it.
+        tried = f"{self.table}_status_lasttry_dtime"
+        if self.backend in ("sqlite", "postgres"):
+            # SQLite's rowid is the last column of every index already.
+            claim_columns = "priority DESC, run_after" if self.backend == "sqlite" else "priority DESC, run_after, id"
             self.db.execute_sql(
-                f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} "
-                f"(priority DESC, run_after) WHERE status < {Status.DONE:d}"
+                f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} ({claim_columns}) WHERE status < {Status.DONE:d}"
             )
-        elif self.backend == "postgres":
             self.db.execute_sql(
-                f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} "
-                f"(priority DESC, run_after, id) WHERE status < {Status.DONE:d}"
+                f"CREATE INDEX IF NOT EXISTS {tried} ON {self.table} (status, lasttry_dtime) "
+                f"WHERE {self.TRIED_CONDITION}"
             )
         else:
             # MySQL has no partial indexes. A generated column that is NULL
@@ -281,6 +289,8 @@ class Storage:
                 )
             if not exists("statistics", "index_name", name):
                 self.db.execute_sql(f"CREATE INDEX {name} ON {self.table} (claim_rank, run_after, id)")
+            if not exists("statistics", "index_name", tried):
+                self.db.execute_sql(f"CREATE INDEX {tried} ON {self.table} (status, lasttry_dtime)")
 
     def explain_claim(self) -> str:
         """The backend's plan for the claim's SELECT, for tests and operators."""
@@ -507,6 +517,10 @@ class Storage:
 
     # -- operator queries (peewee) ------------------------------------------
 
+    def tried_only(self) -> Any:
+        """The (status, lasttry_dtime) index's own condition, as a peewee expression."""
+        return self.Item.status >= min(TRIED_STATUSES)
+
     def plugin_stats(self) -> list[PluginStat]:
         return list(self.PluginStat.select().order_by(self.PluginStat.plugin))
 
@@ -534,7 +548,11 @@ class Storage:
         """run_after of the longest-waiting item that is due and not in progress."""
         return (
             self.Item.select(peewee.fn.MIN(self.Item.run_after))
-            .where(self.Item.status.in_([Status.PENDING, Status.NEED_RETRY]), self.Item.run_after <= now)
+            .where(
+                self.Item.status < Status.DONE,  # the claim index's condition
+                self.Item.status.in_([Status.PENDING, Status.NEED_RETRY]),
+                self.Item.run_after <= now,
+            )
             .scalar()
         )
 
@@ -555,6 +573,8 @@ class Storage:
         query = self.Item.select().order_by(self.Item.id.desc()).limit(limit)
         if statuses:
             query = query.where(self.Item.status.in_([int(s) for s in statuses]))
+            if all(s in TRIED_STATUSES for s in statuses):
+                query = query.where(self.tried_only())
         if types:
             query = query.where(self.Item.type.in_(list(types)))
         if before_id is not None:
@@ -609,7 +629,7 @@ class Storage:
         for status in statuses:
             if status in ACTIVE_STATUSES:
                 raise ConfigurationError(f"refusing to purge {status.name.lower()} items: only done or error")
-        condition = self.Item.status.in_([int(s) for s in statuses])
+        condition = self.Item.status.in_([int(s) for s in statuses]) & self.tried_only()
         if older_than is not None:
             condition &= peewee.fn.COALESCE(self.Item.lasttry_dtime, self.Item.creation_dtime) < older_than
         if types:

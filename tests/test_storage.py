@@ -142,3 +142,19 @@ class _AlwaysDone:
     @hookimpl
     def process_item(self):
         return True
+
+
+def test_runner_status_changes_leave_pending_rows_out_of_the_tried_index(sqlite_url):
+    """A pending item is in no index but the claim's: its claim and first write-back are cheap."""
+    queue = Queue(sqlite_url)
+    queue.enqueue_many([("t", i) for i in range(3)])
+    db = queue.database
+    in_tried_index = "SELECT COUNT(*) FROM queuecore_item INDEXED BY queuecore_item_status_lasttry_dtime WHERE status >= 2"
+    assert db.execute_sql(in_tried_index).fetchone()[0] == 0
+    Runner(queue, plugins={"p": _AlwaysDone()}).run(burst=True)
+    assert db.execute_sql(in_tried_index).fetchone()[0] == 3
+    # Operators' queries on tried items use it.
+    errors = queue.storage.Item.select().where(queue.storage.tried_only(), queue.storage.Item.status == 4)
+    sql, params = errors.sql()
+    plan = " ".join(str(r[-1]) for r in db.execute_sql("EXPLAIN QUERY PLAN " + sql, params))
+    assert "queuecore_item_status_lasttry_dtime" in plan
