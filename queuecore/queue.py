@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -77,7 +78,7 @@ class Queue:
         """Add one item; returns it as stored. Higher ``priority`` goes first;
         ``delay`` (seconds or a timedelta) holds it back."""
         now = utcnow()
-        row = self._prepare(type, payload, priority, delay, now)
+        row = self._prepare(type, payload, priority, now + _as_timedelta(delay))
         self.storage.ensure_schema()
         (item_id,) = self.storage.insert([row], now)
         return Item(
@@ -100,6 +101,7 @@ class Queue:
         """Add many ``(type, payload)`` or ``(type, payload, priority)`` items in one
         transaction; all or nothing. Returns their ids, in order."""
         now = utcnow()
+        run_after = now + _as_timedelta(delay)
         rows = []
         for index, entry in enumerate(items):
             if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 3):
@@ -108,7 +110,7 @@ class Queue:
                 )
             priority = entry[2] if len(entry) == 3 else 0
             try:
-                rows.append(self._prepare(entry[0], entry[1], priority, delay, now))
+                rows.append(self._prepare(entry[0], entry[1], priority, run_after))
             except InvalidItemError as exc:
                 raise type(exc)(f"item {index}: {exc}") from None
         if not rows:
@@ -116,12 +118,11 @@ class Queue:
         self.storage.ensure_schema()
         return self.storage.insert(rows, now)
 
-    def _prepare(self, type_: Any, payload: Any, priority: Any, delay: Delay, now: dt.datetime) -> tuple:
+    def _prepare(self, type_: Any, payload: Any, priority: Any, run_after: dt.datetime) -> tuple:
         _check_type_name(type_)
-        if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
+        if priority.__class__ is not int or not -(2**31) <= priority < 2**31:
             raise InvalidItemError(f"priority must be a 32-bit int, not {priority!r}")
-        text = encode_payload(payload, self.max_payload_bytes)
-        return (type_, text, priority, now + _as_timedelta(delay))
+        return (type_, encode_payload(payload, self.max_payload_bytes), priority, run_after)
 
     # -- reading ------------------------------------------------------------
 
@@ -237,7 +238,7 @@ class Queue:
 def encode_payload(payload: Any, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str:
     """The payload as JSON text, or :class:`InvalidItemError` saying why it cannot be stored."""
     try:
-        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _encode_payload_json(payload)
     except TypeError as exc:
         raise PayloadTypeError(f"payload is not JSON-serialisable: {exc}") from None
     except ValueError as exc:  # NaN / Infinity, circular references
@@ -245,7 +246,9 @@ def encode_payload(payload: Any, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> 
     except RecursionError:
         raise InvalidItemError("payload is nested too deeply to store as JSON") from None
     try:
-        size = len(text.encode("utf-8"))
+        # ASCII text is its own size; anything else is encoded, which also
+        # catches lone surrogates that no database can store.
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise InvalidItemError(f"payload holds text that is not valid Unicode: {exc.reason} at {exc.start}") from None
     if size > max_bytes:
@@ -253,9 +256,17 @@ def encode_payload(payload: Any, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> 
     return text
 
 
+_encode_payload_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
 def _check_type_name(type_: Any) -> None:
     if not isinstance(type_, str):
         raise InvalidItemError(f"item type must be a string, not {type(type_).__name__}")
+    _check_type_text(type_)
+
+
+@functools.lru_cache(maxsize=1024)  # an application enqueues few distinct types, many times
+def _check_type_text(type_: str) -> None:
     if not type_ or not type_.strip():
         raise InvalidItemError("item type must not be empty")
     if len(type_) > MAX_TYPE_LENGTH:

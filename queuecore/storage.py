@@ -17,7 +17,7 @@ import os
 import select
 import threading
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -332,6 +332,14 @@ class Storage:
             f"lasttry_dtime = {p}, lease_owner = NULL, lease_expires = NULL "
             f"WHERE id = {p} AND claim_token = {p}"
         )
+        self._write_back_pg_sql = (
+            f"UPDATE {t} AS t SET status = v.status, trials = v.trials, results = v.results::jsonb, "
+            "errors = v.errors::jsonb, run_after = v.run_after, lasttry_dtime = v.lasttry, "
+            "lease_owner = NULL, lease_expires = NULL "
+            "FROM unnest(%s::smallint[], %s::int[], %s::text[], %s::text[], %s::timestamp[], %s::timestamp[], "
+            "%s::bigint[], %s::bigint[]) AS v(status, trials, results, errors, run_after, lasttry, id, token) "
+            "WHERE t.id = v.id AND t.claim_token = v.token"
+        )
         self._renew_sql = (
             f"UPDATE {t} SET lease_expires = {p}, run_after = {p} "
             f"WHERE id = {p} AND claim_token = {p} AND status = {Status.IN_PROGRESS:d}"
@@ -360,6 +368,18 @@ class Storage:
         if value is None or self.backend != "sqlite":
             return value
         return value.isoformat(" ", "microseconds")
+
+    def _time_formatter(self) -> Callable[[dt.datetime | None], Any]:
+        """:meth:`_time` for many values that share a few clock readings: each formatted once."""
+        texts: dict[Any, Any] = {None: None}
+
+        def text(value: dt.datetime | None) -> Any:
+            found = texts.get(value)
+            if found is None and value is not None:
+                found = texts[value] = self._time(value)
+            return found
+
+        return text
 
     def parse_time(self, value: Any) -> dt.datetime | None:
         if value is None or isinstance(value, dt.datetime):
@@ -410,20 +430,18 @@ class Storage:
         if not outcomes:
             return 0
         if self.backend == "sqlite":
-            # Outcomes of a batch share a few clock readings: format each once.
-            texts: dict[Any, Any] = {None: None}
-
-            def text(value: dt.datetime | None) -> Any:
-                found = texts.get(value)
-                if found is None and value is not None:
-                    found = texts[value] = self._time(value)
-                return found
-
+            text = self._time_formatter()
             outcomes = [(s, tr, r, e, text(ra), text(lt), i, tok) for (s, tr, r, e, ra, lt, i, tok) in outcomes]
         with self.transaction():
             cursor = self.db.cursor()
             if self.backend == "mysql":
                 written = self._write_back_mysql(cursor, outcomes)
+            elif self.backend == "postgres":
+                # One statement over arrays, instead of a round trip a row.
+                columns = [list(column) for column in zip(*outcomes)]
+                columns[0] = [int(status) for status in columns[0]]
+                cursor.execute(self._write_back_pg_sql, columns)
+                written = cursor.rowcount
             else:
                 cursor.executemany(self._write_back_sql, outcomes)
                 written = cursor.rowcount
@@ -463,8 +481,9 @@ class Storage:
 
     def insert(self, rows: Sequence[tuple[str, str, int, dt.datetime]], now: dt.datetime) -> list[int]:
         """Insert (type, payload JSON text, priority, run_after) rows in one transaction; ids in order."""
-        created = self._time(now)
-        params = [(typ, payload, prio, self._time(run_after), created) for typ, payload, prio, run_after in rows]
+        text = self._time_formatter()
+        created = text(now)
+        params = [(typ, payload, prio, text(run_after), created) for typ, payload, prio, run_after in rows]
         with self.transaction():
             cursor = self.db.cursor()
             if self.backend == "sqlite":
