@@ -364,18 +364,23 @@ class Runner:
             log.error("item %d: %s", row.id, errors[RESERVED_NAME])
             now = utcnow()
             return None, (Status.ERROR, row.trials, _dumps(results), _dumps(errors), now, now, row.id, row.claim_token)
+        parse_time = storage.parse_time
+        # Positional: this runs for every claimed item. The order is Item's fields'.
         item = Item(
-            id=row.id,
-            type=row.type,
-            payload=payload,
-            status=Status.IN_PROGRESS,
-            trials=row.trials,
-            results=results,
-            errors=errors,
-            priority=row.priority,
-            creation_dtime=storage.parse_time(row.creation_dtime),
-            lasttry_dtime=storage.parse_time(row.lasttry_dtime),
-            claim_token=row.claim_token,
+            row.id,
+            row.type,
+            payload,
+            Status.IN_PROGRESS,
+            row.trials,
+            results,
+            errors,
+            row.priority,
+            parse_time(row.creation_dtime),
+            parse_time(row.lasttry_dtime),
+            None,  # run_after
+            None,  # lease_owner
+            None,  # lease_expires
+            row.claim_token,
         )
         return item, None
 

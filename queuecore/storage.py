@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import operator
 import os
 import select
 import threading
@@ -400,10 +401,7 @@ class Storage:
         with self.transaction():
             cursor = self.db.execute_sql(self._claim_sql, (cap, owner, until, until, self._time(now), limit))
             rows = cursor.fetchall()
-        claimed = [ClaimedRow(*row) for row in rows]
-        # RETURNING gives no order; process highest priority, then oldest, first.
-        claimed.sort(key=lambda r: (-r.priority, r.id))
-        return claimed
+        return _in_claim_order([ClaimedRow(*row) for row in rows])
 
     def _claim_mysql(self, owner: str, now: dt.datetime, until: Any, limit: int, cap: int) -> list[ClaimedRow]:
         # MySQL has no UPDATE ... RETURNING and refuses LIMIT in an IN
@@ -415,9 +413,7 @@ class Storage:
             marks = ", ".join(["%s"] * len(ids))
             self.db.execute_sql(self._mysql_claim_update_sql.format(ids=marks), (cap, owner, until, until, *ids))
             rows = self.db.execute_sql(self._mysql_claim_select_sql.format(ids=marks), ids).fetchall()
-        claimed = [ClaimedRow(*row) for row in rows]
-        claimed.sort(key=lambda r: (-r.priority, r.id))
-        return claimed
+        return _in_claim_order([ClaimedRow(*row) for row in rows])
 
     def write_back(self, outcomes: Sequence[Outcome], stats: Sequence[tuple[str, int, int, float]] = ()) -> int:
         """Store the outcomes of a batch in one transaction, each fenced by its claim token,
@@ -664,6 +660,18 @@ class Storage:
                 total += self.Item.delete().where(self.Item.id.in_(ids)).execute()
 
 
+def _in_claim_order(rows: list[ClaimedRow]) -> list[ClaimedRow]:
+    """Highest priority first, then oldest: RETURNING gives rows in no set order.
+
+    Two stable sorts with C key functions; cheaper than one with a Python key.
+    """
+    rows.sort(key=_by_id)
+    rows.sort(key=_by_priority, reverse=True)  # reverse keeps equal keys in order
+    return rows
+
+
+_by_id = operator.attrgetter("id")
+_by_priority = operator.attrgetter("priority")
 _decode_json = json.JSONDecoder().decode
 
 
