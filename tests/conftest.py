@@ -10,9 +10,14 @@ create and drop a database of their own on it), and skip otherwise:
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+import textwrap
 import urllib.parse
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +128,51 @@ def queue(db_url) -> Iterator[Queue]:
     q = Queue(db_url)
     yield q
     q.close()
+
+
+class PluginDir:
+    """A folder of real entry-point plugins on ``sys.path``: modules beside
+    ``*.dist-info`` folders, which importlib.metadata finds as installed
+    distributions. ``env()`` puts the folder on a subprocess's PYTHONPATH."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.modules: list[str] = []
+
+    def install(
+        self, distribution: str, entry_points: dict[str, str], modules: dict[str, str], version: str = "1.0"
+    ) -> None:
+        """A distribution with these ``queuecore`` entry points (name -> target) and module sources."""
+        for module, source in modules.items():
+            (self.root / f"{module}.py").write_text(textwrap.dedent(source))
+            self.modules.append(module)
+        info = self.root / f"{distribution.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+        (info / "entry_points.txt").write_text("[queuecore]\n" + lines)
+        importlib.invalidate_caches()
+
+    def add(self, name: str, source: str, distribution: str | None = None, version: str = "0.1") -> str:
+        """One plugin ``name`` in a module of its own (returned); distribution ``queuecore-<name>``."""
+        module = f"qctest_{name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+        self.install(distribution or f"queuecore-{name}", {name: module}, {module: source}, version)
+        return module
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.root), env.get("PYTHONPATH", "")])
+        env.update(extra)
+        return env
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch) -> Iterator[PluginDir]:
+    """Install plugins for this test only."""
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    plugins = PluginDir(root)
+    yield plugins
+    for module in plugins.modules:
+        sys.modules.pop(module, None)

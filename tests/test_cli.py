@@ -14,9 +14,7 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,25 +37,6 @@ ITEM_KEYS = [
 # -------------------------------------------------------------------------
 # Fixtures and helpers
 # -------------------------------------------------------------------------
-
-
-class PluginDir:
-    """A folder of real entry-point plugins (module + dist-info), put on the import path."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.modules: list[str] = []
-
-    def add(self, name: str, source: str, distribution: str | None = None, version: str = "0.1") -> str:
-        module = f"qctest_{name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
-        distribution = distribution or f"queuecore-{name}"
-        (self.root / f"{module}.py").write_text(textwrap.dedent(source))
-        info = self.root / f"{distribution.replace('-', '_')}-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
-        (info / "entry_points.txt").write_text(f"[queuecore]\n{name} = {module}\n")
-        self.modules.append(module)
-        return module
 
 
 OK_PLUGIN = """
@@ -98,17 +77,6 @@ RECORDING_PLUGIN = """
         time.sleep(float(os.environ.get("QC_TEST_SLEEP", "0")))
         return True
 """
-
-
-@pytest.fixture
-def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginDir]:
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    plugins = PluginDir(root)
-    yield plugins
-    for module in plugins.modules:
-        sys.modules.pop(module, None)
 
 
 @pytest.fixture(autouse=True)
@@ -509,7 +477,7 @@ def test_purge_bad_options_are_usage_errors(args: list[str], fragment: str, queu
 # -------------------------------------------------------------------------
 
 
-def test_plugins_lists_the_selected_plugins(plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch,
+def test_plugins_lists_the_selected_plugins(plugin_dir, monkeypatch: pytest.MonkeyPatch,
                                             invoke: Callable[..., Result]) -> None:
     plugin_dir.add("okay", OK_PLUGIN, version="1.2")
     plugin_dir.add("greeter", COMMAND_PLUGIN, distribution="queuecore-greeter-dist")
@@ -531,7 +499,7 @@ def test_plugins_empty_selection(invoke: Callable[..., Result]) -> None:
     assert "no plugins loaded (QUEUECORE_PLUGINS='')" in ok(invoke("plugins")).stdout
 
 
-def test_every_installed_plugin_loads_without_a_selection(plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch,
+def test_every_installed_plugin_loads_without_a_selection(plugin_dir, monkeypatch: pytest.MonkeyPatch,
                                                           invoke: Callable[..., Result]) -> None:
     plugin_dir.add("okay", OK_PLUGIN)
     monkeypatch.delenv(PLUGINS_ENV_VAR)
@@ -544,7 +512,7 @@ def test_a_selected_plugin_that_is_not_installed(monkeypatch: pytest.MonkeyPatch
     assert_error(invoke("plugins"), 1, "nosuchplugin", "not installed")
 
 
-def test_plugin_commands_get_the_database_url(plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch, url: str,
+def test_plugin_commands_get_the_database_url(plugin_dir, monkeypatch: pytest.MonkeyPatch, url: str,
                                               invoke: Callable[..., Result]) -> None:
     plugin_dir.add("greeter", COMMAND_PLUGIN)
     monkeypatch.setenv(PLUGINS_ENV_VAR, "greeter")
@@ -555,7 +523,7 @@ def test_plugin_commands_get_the_database_url(plugin_dir: PluginDir, monkeypatch
     assert_error(invoke("hello"), 2, "No such command 'hello'")
 
 
-def test_a_broken_plugin_fails_run_and_plugins_in_one_line(plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch,
+def test_a_broken_plugin_fails_run_and_plugins_in_one_line(plugin_dir, monkeypatch: pytest.MonkeyPatch,
                                                            queue: Queue, invoke: Callable[..., Result]) -> None:
     plugin_dir.add("okay", OK_PLUGIN)
     plugin_dir.add("broken", BROKEN_PLUGIN, distribution="queuecore-broken")
@@ -568,7 +536,7 @@ def test_a_broken_plugin_fails_run_and_plugins_in_one_line(plugin_dir: PluginDir
 
 
 def test_a_broken_plugin_leaves_other_commands_usable_with_one_warning(
-    plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch, queue: Queue, invoke: Callable[..., Result]
+    plugin_dir, monkeypatch: pytest.MonkeyPatch, queue: Queue, invoke: Callable[..., Result]
 ) -> None:
     plugin_dir.add("greeter", COMMAND_PLUGIN)
     plugin_dir.add("broken", BROKEN_PLUGIN)
@@ -582,7 +550,7 @@ def test_a_broken_plugin_leaves_other_commands_usable_with_one_warning(
     assert ok(invoke("hello")).stdout.startswith("hello from ")
 
 
-def test_a_plugin_whose_register_commands_raises(plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch,
+def test_a_plugin_whose_register_commands_raises(plugin_dir, monkeypatch: pytest.MonkeyPatch,
                                                  queue: Queue, invoke: Callable[..., Result]) -> None:
     plugin_dir.add("clumsy", """
         from queuecore import hookimpl
@@ -603,7 +571,7 @@ def test_a_plugin_whose_register_commands_raises(plugin_dir: PluginDir, monkeypa
 
 
 def test_run_burst_processes_everything_and_logs_each_failure(
-    plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch, queue: Queue, invoke: Callable[..., Result]
+    plugin_dir, monkeypatch: pytest.MonkeyPatch, queue: Queue, invoke: Callable[..., Result]
 ) -> None:
     plugin_dir.add("okay", OK_PLUGIN)
     monkeypatch.setenv(PLUGINS_ENV_VAR, "okay")
@@ -620,7 +588,7 @@ def test_run_burst_processes_everything_and_logs_each_failure(
     assert (counts[Status.DONE], counts[Status.NEED_RETRY]) == (3, 1)
 
 
-def test_run_verbose_and_progress(plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch, queue: Queue,
+def test_run_verbose_and_progress(plugin_dir, monkeypatch: pytest.MonkeyPatch, queue: Queue,
                                   invoke: Callable[..., Result]) -> None:
     plugin_dir.add("okay", OK_PLUGIN)
     monkeypatch.setenv(PLUGINS_ENV_VAR, "okay")
@@ -633,7 +601,7 @@ def test_run_verbose_and_progress(plugin_dir: PluginDir, monkeypatch: pytest.Mon
     assert "items/s" not in ok(invoke("run", "--burst")).stderr
 
 
-def test_run_max_trials_sends_failures_to_error(plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch, queue: Queue,
+def test_run_max_trials_sends_failures_to_error(plugin_dir, monkeypatch: pytest.MonkeyPatch, queue: Queue,
                                                 invoke: Callable[..., Result]) -> None:
     plugin_dir.add("okay", OK_PLUGIN)
     monkeypatch.setenv(PLUGINS_ENV_VAR, "okay")
@@ -661,7 +629,7 @@ def test_run_bad_options(args: list[str], fragment: str, invoke: Callable[..., R
     assert_error(invoke("run", *args), 2, fragment)
 
 
-def test_run_creates_the_database(plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+def test_run_creates_the_database(plugin_dir, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                   invoke: Callable[..., Result]) -> None:
     plugin_dir.add("okay", OK_PLUGIN)
     monkeypatch.setenv(PLUGINS_ENV_VAR, "okay")
@@ -705,7 +673,7 @@ def test_new_plugin_without_the_scaffold(monkeypatch: pytest.MonkeyPatch, invoke
 # -------------------------------------------------------------------------
 
 
-def _process_env(plugin_dir: PluginDir, url: str, calls: Path, sleep: float, plugins: str = "rec") -> dict[str, str]:
+def _process_env(plugin_dir, url: str, calls: Path, sleep: float, plugins: str = "rec") -> dict[str, str]:
     return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(plugin_dir.root), os.environ.get("PYTHONPATH", "")]),
@@ -734,7 +702,7 @@ def _calls(path: Path) -> list[tuple[int, int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_run_gracefully(signum: int, plugin_dir: PluginDir, tmp_path: Path, url: str,
+def test_a_signal_stops_run_gracefully(signum: int, plugin_dir, tmp_path: Path, url: str,
                                        queue: Queue) -> None:
     plugin_dir.add("rec", RECORDING_PLUGIN)
     queue.enqueue_many([("t", i) for i in range(10)])
@@ -760,7 +728,7 @@ def test_a_signal_stops_run_gracefully(signum: int, plugin_dir: PluginDir, tmp_p
 
 
 @pytest.mark.slow
-def test_processes_drain_the_queue_in_burst_mode(plugin_dir: PluginDir, tmp_path: Path, url: str,
+def test_processes_drain_the_queue_in_burst_mode(plugin_dir, tmp_path: Path, url: str,
                                                  queue: Queue) -> None:
     plugin_dir.add("rec", RECORDING_PLUGIN)
     queue.enqueue_many([("t", i) for i in range(60)])
@@ -777,7 +745,7 @@ def test_processes_drain_the_queue_in_burst_mode(plugin_dir: PluginDir, tmp_path
 
 @pytest.mark.slow
 def test_supervisor_restarts_a_killed_runner_and_stops_all_on_sigterm(
-    plugin_dir: PluginDir, tmp_path: Path, url: str, queue: Queue
+    plugin_dir, tmp_path: Path, url: str, queue: Queue
 ) -> None:
     plugin_dir.add("rec", RECORDING_PLUGIN)
     queue.enqueue_many([("t", i) for i in range(40)])
@@ -838,7 +806,7 @@ def test_every_command_and_option_is_in_the_reference() -> None:
             assert f"`{opt}" in text, f"global option {opt} is not documented"
 
 
-def test_the_commands_on_every_backend(db_url: str, plugin_dir: PluginDir, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_commands_on_every_backend(db_url: str, plugin_dir, monkeypatch: pytest.MonkeyPatch) -> None:
     plugin_dir.add("okay", OK_PLUGIN)
     monkeypatch.setenv(PLUGINS_ENV_VAR, "okay")
 

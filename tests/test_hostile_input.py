@@ -9,9 +9,7 @@ import json
 import os
 import sqlite3
 import sys
-import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -329,33 +327,13 @@ def test_plugin_cannot_persist_anything_but_its_answer(q):
     assert item.errors == {}
 
 
-def _fake_distribution(root: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
-    info = root / f"{dist}-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-    (info / "entry_points.txt").write_text("[queuecore]\n" + lines)
-    for module, source in modules.items():
-        (root / f"{module}.py").write_text(textwrap.dedent(source))
-
-
-@pytest.fixture
-def plugin_site(tmp_path, monkeypatch):
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delenv("QUEUECORE_PLUGINS", raising=False)
-    return site
-
-
 @pytest.mark.parametrize(
     "source",
     ["import not_a_module_anywhere\n", "raise SystemExit('no')\n", "1/0\n", "def broken(:\n"],
     ids=["ImportError", "SystemExit", "ZeroDivisionError", "SyntaxError"],
 )
-def test_plugin_that_fails_to_import_is_a_clear_error(q, plugin_site, monkeypatch, source):
-    mod = f"qc_hostile_broken_{uuid.uuid4().hex[:6]}"
-    _fake_distribution(plugin_site, "queuecore-brokenthing", {"brokenthing": mod}, {mod: source})
+def test_plugin_that_fails_to_import_is_a_clear_error(q, plugin_dir, monkeypatch, source):
+    plugin_dir.add("brokenthing", source, distribution="queuecore-brokenthing")
     monkeypatch.setenv("QUEUECORE_PLUGINS", "brokenthing")
     with pytest.raises(PluginLoadError) as info:
         Runner(q)

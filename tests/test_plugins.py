@@ -6,9 +6,6 @@ Each test installs real distributions for the import system to find: a
 
 from __future__ import annotations
 
-import importlib
-import sys
-import textwrap
 
 import pytest
 
@@ -25,26 +22,14 @@ def process_item(item):
 
 
 @pytest.fixture
-def site(tmp_path, monkeypatch):
-    """A folder on sys.path into which tests install distributions."""
-    folder = tmp_path / "site"
-    folder.mkdir()
-    monkeypatch.syspath_prepend(str(folder))
+def site(plugin_dir, monkeypatch):
+    """Install a distribution with one entry point, as (dist, entry name, module, source)."""
     monkeypatch.delenv("QUEUECORE_PLUGINS", raising=False)
-    added: list[str] = []
 
     def install(dist: str, entry_name: str, module: str, source: str, version: str = "1.2.3") -> None:
-        (folder / f"{module}.py").write_text(textwrap.dedent(source))
-        info = folder / f"{dist.replace('-', '_')}-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        (info / "entry_points.txt").write_text(f"[queuecore]\n{entry_name} = {module}\n")
-        added.append(module)
-        importlib.invalidate_caches()
+        plugin_dir.install(dist, {entry_name: module}, {module: source}, version)
 
-    yield install
-    for module in added:
-        sys.modules.pop(module, None)
+    return install
 
 
 def test_entry_points_load_under_their_names(site, tmp_path):

@@ -8,10 +8,8 @@ made twice shows up twice.
 from __future__ import annotations
 
 import collections
-import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -34,19 +32,9 @@ def process_item(item):
 
 
 @pytest.fixture
-def recorder_env(tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "qc_recorder.py").write_text(textwrap.dedent(RECORDER))
-    info = site / "queuecore_recorder-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: queuecore-recorder\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[queuecore]\nrecorder = qc_recorder\n")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
-    env["QUEUECORE_PLUGINS"] = "recorder"
-    env["RECORDER_LOG"] = str(tmp_path / "calls.log")
-    return env
+def recorder_env(plugin_dir, tmp_path):
+    plugin_dir.install("queuecore-recorder", {"recorder": "qc_recorder"}, {"qc_recorder": RECORDER})
+    return plugin_dir.env(QUEUECORE_PLUGINS="recorder", RECORDER_LOG=str(tmp_path / "calls.log"))
 
 
 @pytest.mark.slow

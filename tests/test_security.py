@@ -160,16 +160,6 @@ def test_hostile_filter_values_cannot_inject_sql_postgres():
 # -- which code loads as a plugin ---------------------------------------------
 
 
-def _fake_distribution(root: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
-    info = root / f"{dist}-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-    (info / "entry_points.txt").write_text("[queuecore]\n" + lines)
-    for module, source in modules.items():
-        (root / f"{module}.py").write_text(textwrap.dedent(source))
-
-
 PLUGIN_SOURCE = """
     import pathlib
     pathlib.Path({marker!r}).write_text("imported")
@@ -181,19 +171,17 @@ PLUGIN_SOURCE = """
 """
 
 
-def test_only_selected_installed_entry_points_load(q, tmp_path, monkeypatch):
-    site = tmp_path / "site"
-    site.mkdir()
+def test_only_selected_installed_entry_points_load(q, tmp_path, monkeypatch, plugin_dir):
+    site = plugin_dir.root
     suffix = uuid.uuid4().hex[:6]
     wanted, unwanted, loose = (f"qc_sec_{n}_{suffix}" for n in ("wanted", "unwanted", "loose"))
     markers = {m: tmp_path / f"{m}.imported" for m in (wanted, unwanted, loose)}
-    _fake_distribution(
-        site, "queuecore-secplugins", {"wanted": wanted, "unwanted": unwanted},
+    plugin_dir.install(
+        "queuecore-secplugins", {"wanted": wanted, "unwanted": unwanted},
         {m: PLUGIN_SOURCE.format(marker=str(markers[m])) for m in (wanted, unwanted)},
     )
     # A module named like a plugin, importable, but not an entry point: never loaded.
     (site / f"queuecore_{loose}.py").write_text(textwrap.dedent(PLUGIN_SOURCE.format(marker=str(markers[loose]))))
-    monkeypatch.syspath_prepend(str(site))
 
     monkeypatch.setenv("QUEUECORE_PLUGINS", "wanted")
     runner = Runner(q)
