@@ -6,18 +6,14 @@ the table of these cases, each naming its test here.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import sys
-import uuid
 
 import pytest
 from click.testing import CliRunner
 
 from queuecore import InvalidItemError, PluginLoadError, Queue, Runner, Status, hookimpl
 from queuecore.cli import cli
-
-PG_ENV = "QUEUECORE_TEST_POSTGRES_URL"
 
 
 @pytest.fixture
@@ -171,35 +167,24 @@ def test_row_with_corrupted_results_is_reset_and_processed(q):
     assert all(q.get(i).results == {"p": True} for i in ids)
 
 
-def test_deeply_nested_row_on_postgres_does_not_break_the_claim():
+def test_deeply_nested_row_on_postgres_does_not_break_the_claim(postgres_url):
     """A jsonb payload nested 5,000 deep (PostgreSQL stores it; Python cannot
     decode it) fails its own item, not the whole claim of every runner."""
-    psycopg = pytest.importorskip("psycopg")
-    admin = os.environ.get(PG_ENV)
-    if not admin:
-        pytest.skip(f"set {PG_ENV} to run PostgreSQL tests")
-    name = f"qc_hostile_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = admin.rpartition("/")[0] + "/" + name
-    try:
-        q = Queue(url)
-        ids = q.enqueue_many([("t", {"i": i}) for i in range(3)])
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                "UPDATE queuecore_item SET payload = (repeat('[', 5000) || repeat(']', 5000))::jsonb WHERE id = %s",
-                (ids[1],),
-            )
-        plugin = Done()
-        summary = Runner(q, plugins={"p": plugin}).run(burst=True)
-        assert summary.claimed == 3 and summary.done == 2 and summary.failed == 1
-        assert plugin.seen == [ids[0], ids[2]]
-        assert q.counts()[Status.ERROR] == 1
-        q.close()
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    import psycopg
+
+    q = Queue(postgres_url)
+    ids = q.enqueue_many([("t", {"i": i}) for i in range(3)])
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE queuecore_item SET payload = (repeat('[', 5000) || repeat(']', 5000))::jsonb WHERE id = %s",
+            (ids[1],),
+        )
+    plugin = Done()
+    summary = Runner(q, plugins={"p": plugin}).run(burst=True)
+    assert summary.claimed == 3 and summary.done == 2 and summary.failed == 1
+    assert plugin.seen == [ids[0], ids[2]]
+    assert q.counts()[Status.ERROR] == 1
+    q.close()
 
 
 # -- plugins that misbehave ---------------------------------------------------
