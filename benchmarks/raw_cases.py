@@ -259,12 +259,13 @@ def pg_count(conn, status: int = 3) -> int:
     return n
 
 
-def _pg_worker(ready_q, start_ev, result_q, url, owner):
+def _pg_worker(ready_q, start_ev, result_q, url, owner, drain=None):
+    """One drain process: connect, report ready, wait for the start, drain (pg_drain by default)."""
     try:
         conn = pg_connect(url)
         ready_q.put(owner)
         start_ev.wait()
-        result_q.put(pg_drain(conn, owner))
+        result_q.put((drain or pg_drain)(conn, owner))
     except Exception as exc:  # noqa: BLE001
         result_q.put(f"error: {type(exc).__name__}: {exc}")
 
@@ -410,16 +411,6 @@ def pg_drain_unnest(conn, owner: str = "raw", batch: int = BATCH) -> int:
     return done
 
 
-def _pg_unnest_worker(ready_q, start_ev, result_q, url, owner):
-    try:
-        conn = pg_connect(url)
-        ready_q.put(owner)
-        start_ev.wait()
-        result_q.put(pg_drain_unnest(conn, owner))
-    except Exception as exc:  # noqa: BLE001
-        result_q.put(f"error: {type(exc).__name__}: {exc}")
-
-
 @case("pg.raw.unnest", backend="postgresql", group="floor", timeout=300,
       units={"drain_cpu": "us/item (CPU)"}, floors={"drain_cpu": "pg.raw:drain_cpu"},
       note="write-back as one UPDATE ... FROM unnest(ids, tokens, results) per batch")
@@ -441,7 +432,7 @@ def pg_raw_unnest_4proc(ctx):
     conn = pg_create(url)
     pg_enqueue(conn, ctx.n)
     conn.close()
-    elapsed, counts = run_processes(_pg_unnest_worker, [(url, f"w{i}") for i in range(4)])
+    elapsed, counts = run_processes(_pg_worker, [(url, f"w{i}", pg_drain_unnest) for i in range(4)])
     conn = pg_connect(url)
     assert sum(counts) == ctx.n == pg_count(conn), (counts, pg_count(conn))
     return {"drain_4proc": ctx.n / elapsed}
