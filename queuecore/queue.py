@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import peewee
@@ -129,7 +130,8 @@ class Queue:
     def get(self, item_id: int) -> Item:
         """The item with this id; :class:`ItemNotFound` (a ``LookupError``) if there is none."""
         self.storage.ensure_schema()
-        row = self.storage.get_row(_check_id(item_id))
+        with _undecodable_json(f"item {item_id}"):
+            row = self.storage.get_row(_check_id(item_id))
         if row is None:
             raise ItemNotFound(f"no item with id {item_id}")
         return self._to_item(row)
@@ -173,7 +175,8 @@ class Queue:
             raise ConfigurationError(f"limit must be a positive int, not {limit!r}")
         if before_id is not None:
             before_id = _check_id(before_id)
-        rows = self.storage.select_rows(_as_statuses(status), _as_list(type), limit, before_id)
+        with _undecodable_json("an item in this list"):
+            rows = self.storage.select_rows(_as_statuses(status), _as_list(type), limit, before_id)
         return [self._to_item(r) for r in rows]
 
     # -- operating ----------------------------------------------------------
@@ -233,6 +236,18 @@ class Queue:
             lease_expires=self.storage.parse_time(row.lease_expires),
             claim_token=row.claim_token,
         )
+
+
+@contextlib.contextmanager
+def _undecodable_json(what: str) -> Iterator[None]:
+    # Only a row edited by hand can hold JSON nested deeper than Python decodes
+    # (enqueue refuses it); the driver or peewee then hits the recursion limit.
+    try:
+        yield
+    except RecursionError:
+        raise InvalidItemError(
+            f"{what} holds JSON nested too deeply to decode (edited in the database by hand?)"
+        ) from None
 
 
 def encode_payload(payload: Any, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str:

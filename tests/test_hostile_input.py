@@ -149,12 +149,17 @@ def test_row_with_corrupted_payload_goes_to_error_and_others_proceed(q, garbage)
     assert summary.claimed == 5
     assert plugin.seen == [i for i in ids if i != ids[2]]
     assert q.counts()[Status.DONE] == 4
-    if garbage != DEEP_JSON:  # reading that row back is Python's recursion limit again
+    if garbage != DEEP_JSON:
         bad = q.get(ids[2])
         assert bad.status == Status.ERROR
         assert "payload" in bad.errors["queuecore"]
-    else:
+    else:  # reading that row back hits Python's recursion limit again: a clear error
         assert q.counts()[Status.ERROR] == 1
+        with pytest.raises(InvalidItemError, match="nested too deeply"):
+            q.get(ids[2])
+        with pytest.raises(InvalidItemError, match="nested too deeply"):
+            q.list()
+        assert_one_line_error(cli_run(q.url, "show", str(ids[2])), "nested too deeply")
     assert runner.run(burst=True).claimed == 0  # it stays in error; no runner crash loop
 
 
@@ -184,6 +189,8 @@ def test_deeply_nested_row_on_postgres_does_not_break_the_claim(postgres_url):
     assert summary.claimed == 3 and summary.done == 2 and summary.failed == 1
     assert plugin.seen == [ids[0], ids[2]]
     assert q.counts()[Status.ERROR] == 1
+    with pytest.raises(InvalidItemError, match="nested too deeply"):
+        q.get(ids[1])
     q.close()
 
 
