@@ -28,7 +28,7 @@ from .items import Item
 from .models import Status
 from .plugins import RESERVED_NAME, PluginSet, build_plugin_set
 from .queue import Queue
-from .storage import CONNECTION_ERRORS, ClaimedRow, Outcome, utcnow
+from .storage import CONNECTION_ERRORS, ClaimedRow, Outcome, decode_claimed_json, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ class Runner:
     def _decode(self, row: ClaimedRow) -> tuple[Item | None, Outcome | None]:
         """The claimed row as an Item, or an ``error`` outcome when it cannot be processed."""
         storage = self.storage
-        load = storage.load_json
+        load = decode_claimed_json
         try:
             results = load(row.results)
             errors = load(row.errors)

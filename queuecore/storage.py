@@ -187,8 +187,6 @@ class Storage:
         self.table = QueueItem._meta.table_name
         self._param = "?" if self.backend == "sqlite" else "%s"
         self._json_param = "CAST(%s AS jsonb)" if self.backend == "postgres" else self._param
-        # Every backend hands a claim's JSON columns back as text (see _CLAIMED_COLUMNS_PG).
-        self.load_json = _decode_json_text
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._build_statements()
@@ -675,7 +673,9 @@ _by_priority = operator.attrgetter("priority")
 _decode_json = json.JSONDecoder().decode
 
 
-def _decode_json_text(value: str | bytes) -> Any:
+def decode_claimed_json(value: str | bytes) -> Any:
+    """A JSON column of a claimed row: every backend's claim returns them as
+    text (see _CLAIMED_COLUMNS_PG), decoded here item by item."""
     if value == "{}":  # most results/errors columns: skip the decoder
         return {}
     if isinstance(value, bytes):
