@@ -136,10 +136,8 @@ def machine_info():
     return info
 
 
-def print_table(rows, markdown=False):
-    head = ["case", "metric", "backend", "N", "value", "unit", "vs floor", "floor"]
-    body = [[r["case"], r["metric"], r["backend"], str(r.get("n") or "-"), r["value_s"], r["unit"],
-             r["ratio_s"], r["floor"] or "-"] for r in rows]
+def _print_grid(head, body, markdown=False, right=()):
+    """Rows of text cells as a Markdown table, or aligned columns (``right``: right-aligned column indexes)."""
     if markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "|".join("---" for _ in head) + "|")
@@ -147,13 +145,19 @@ def print_table(rows, markdown=False):
             print("| " + " | ".join(b) + " |")
         return
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    right = {3, 4, 6}
     line = lambda cells: "  ".join(c.rjust(w) if i in right else c.ljust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
     print(line(head))
     print("  ".join("-" * w for w in widths))
     for b in body:
         print(line(b))
+
+
+def print_table(rows, markdown=False):
+    head = ["case", "metric", "backend", "N", "value", "unit", "vs floor", "floor"]
+    body = [[r["case"], r["metric"], r["backend"], str(r.get("n") or "-"), r["value_s"], r["unit"],
+             r["ratio_s"], r["floor"] or "-"] for r in rows]
+    _print_grid(head, body, markdown, right={3, 4, 6})
 
 
 def _value(results, ref):
@@ -192,17 +196,7 @@ def print_targets(rows, markdown=False):
     head = ["target", "measured", "goal", "verdict", "ratio of"]
     body = [[r["target"], f"{r['ratio']:.2f}x", r["goal"], r["verdict"], f"{r['num']} / {r['den']}"]
             for r in rows]
-    if markdown:
-        print("| " + " | ".join(head) + " |")
-        print("|" + "|".join("---" for _ in head) + "|")
-        for b in body:
-            print("| " + " | ".join(b) + " |")
-        return
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    print("  ".join("-" * w for w in widths))
-    for b in body:
-        print("  ".join(c.ljust(w) for c, w in zip(b, widths)))
+    _print_grid(head, body, markdown)
 
 
 def main(argv=None):

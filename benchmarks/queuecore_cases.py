@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-from harness import Skip, cached_sqlite, case, target, ts, utcnow
+from harness import cached_sqlite, case, target, ts, utcnow
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "qc_worker.py")
@@ -139,6 +138,40 @@ def _cached_sqlite(ctx, key, build):
     return "sqlite:///" + cached_sqlite(ctx, key, build)
 
 
+# ------------------------------------------------------------------ the same work on either backend
+
+
+def _enqueue_many_then_drain(url, n):
+    """enqueue_many (one call, one transaction), then 1 runner drains, batch 500."""
+    q = _queue(url)
+    q.init()
+    t0 = time.perf_counter()
+    ids = q.enqueue_many(_items(n))
+    enq = time.perf_counter() - t0
+    assert len(ids) == n
+    done, secs = _drain(q)
+    assert done == n == _done_count(q), (done, _done_count(q))
+    return {"enqueue_many": n / enq, "drain": n / secs, "drain_cpu": _cpu_per_item(n)}
+
+
+def _enqueue_one_by_one(url, n):
+    q = _queue(url)
+    q.init()
+    t0 = time.perf_counter()
+    for i in range(n):
+        q.enqueue("noop", {"i": i})
+    return {"enqueue_single": n / (time.perf_counter() - t0)}
+
+
+def _drain_with_4_processes(url, n):
+    q = _queue(url)
+    q.enqueue_many(_items(n))
+    q.close()
+    secs, reports = _multi_drain(url, 4)
+    assert sum(r["done"] for r in reports) == n == _done_count(q)
+    return {"drain_4proc": n / secs}
+
+
 # ------------------------------------------------------------------ SQLite cases
 
 if queuecore is not None:
@@ -149,35 +182,17 @@ if queuecore is not None:
           units=CPU_UNITS, floors={"drain_cpu": "sqlite.raw:drain_cpu"})
     def qc_sqlite(ctx):
         """enqueue_many (one call, one transaction), then 1 runner drains, batch 500."""
-        q = _queue(_sqlite_url(ctx))
-        q.init()
-        t0 = time.perf_counter()
-        ids = q.enqueue_many(_items(ctx.n))
-        enq = time.perf_counter() - t0
-        assert len(ids) == ctx.n
-        done, secs = _drain(q)
-        assert done == ctx.n == _done_count(q), (done, _done_count(q))
-        return {"enqueue_many": ctx.n / enq, "drain": ctx.n / secs, "drain_cpu": _cpu_per_item(ctx.n)}
+        return _enqueue_many_then_drain(_sqlite_url(ctx), ctx.n)
 
     @case("qc.sqlite.single", backend="sqlite", group="queuecore", timeout=300, max_n=5000,
           floors={"enqueue_single": "sqlite.raw.single:enqueue_single"})
     def qc_sqlite_single(ctx):
-        q = _queue(_sqlite_url(ctx))
-        q.init()
-        t0 = time.perf_counter()
-        for i in range(ctx.n):
-            q.enqueue("noop", {"i": i})
-        return {"enqueue_single": ctx.n / (time.perf_counter() - t0)}
+        return _enqueue_one_by_one(_sqlite_url(ctx), ctx.n)
 
     @case("qc.sqlite.4proc", backend="sqlite", group="queuecore", timeout=300,
           floors={"drain_4proc": "sqlite.raw.4proc:drain_4proc"})
     def qc_sqlite_4proc(ctx):
-        url = _sqlite_url(ctx)
-        q = _queue(url)
-        q.enqueue_many(_items(ctx.n))
-        secs, reports = _multi_drain(url, 4)
-        assert sum(r["done"] for r in reports) == ctx.n == _done_count(q)
-        return {"drain_4proc": ctx.n / secs}
+        return _drain_with_4_processes(_sqlite_url(ctx), ctx.n)
 
     @case("qc.sqlite.plugins10", backend="sqlite", group="queuecore", timeout=300,
           floors={"drain": "qc.sqlite:drain"})
@@ -260,36 +275,17 @@ if queuecore is not None:
     @case("qc.pg", backend="postgresql", group="queuecore", timeout=300,
           units=CPU_UNITS, floors={"drain_cpu": "pg.raw:drain_cpu"})
     def qc_pg(ctx):
-        q = _queue(ctx.fresh_pg())
-        q.init()
-        t0 = time.perf_counter()
-        ids = q.enqueue_many(_items(ctx.n))
-        enq = time.perf_counter() - t0
-        assert len(ids) == ctx.n
-        done, secs = _drain(q)
-        assert done == ctx.n == _done_count(q)
-        return {"enqueue_many": ctx.n / enq, "drain": ctx.n / secs, "drain_cpu": _cpu_per_item(ctx.n)}
+        return _enqueue_many_then_drain(ctx.fresh_pg(), ctx.n)
 
     @case("qc.pg.single", backend="postgresql", group="queuecore", timeout=300, max_n=5000,
           floors={"enqueue_single": "pg.raw.single:enqueue_single"})
     def qc_pg_single(ctx):
-        q = _queue(ctx.fresh_pg())
-        q.init()
-        t0 = time.perf_counter()
-        for i in range(ctx.n):
-            q.enqueue("noop", {"i": i})
-        return {"enqueue_single": ctx.n / (time.perf_counter() - t0)}
+        return _enqueue_one_by_one(ctx.fresh_pg(), ctx.n)
 
     @case("qc.pg.4proc", backend="postgresql", group="queuecore", timeout=300,
           floors={"drain_4proc": "pg.raw.4proc:drain_4proc"})
     def qc_pg_4proc(ctx):
-        url = ctx.fresh_pg()
-        q = _queue(url)
-        q.enqueue_many(_items(ctx.n))
-        q.close()
-        secs, reports = _multi_drain(url, 4)
-        assert sum(r["done"] for r in reports) == ctx.n == _done_count(q)
-        return {"drain_4proc": ctx.n / secs}
+        return _drain_with_4_processes(ctx.fresh_pg(), ctx.n)
 
     @case("qc.pg.latency", backend="postgresql", group="queuecore", timeout=300, repeat=1,
           units={"latency_p50": "ms", "latency_p99": "ms"},

@@ -12,7 +12,6 @@ prepare large tables, so keep their signatures stable.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 
