@@ -28,7 +28,7 @@ from .items import Item
 from .models import Status
 from .plugins import RESERVED_NAME, PluginSet, build_plugin_set
 from .queue import Queue
-from .storage import CONNECTION_ERRORS, ClaimedRow, Outcome, decode_claimed_json, utcnow
+from .storage import CONNECTION_ERRORS, ClaimedRow, ConvertOnce, Outcome, decode_claimed_json, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ RECONNECT_MAX_DELAY = 30.0
 MAX_ERROR_TEXT = 2000
 #: Seconds a batch may reuse one reading of the wall clock for its outcomes.
 CLOCK_RESOLUTION = 0.005
+
+# Outcomes carry plain ints: the database drivers bind them without looking
+# up an adapter for the IntEnum subclass.
+_PENDING, _NEED_RETRY, _DONE, _ERROR = (int(s) for s in (Status.PENDING, Status.NEED_RETRY, Status.DONE, Status.ERROR))
 
 # A plugin call: (item, results view) -> answer; adapts to the arguments the
 # implementation declares.
@@ -127,6 +131,8 @@ class Runner:
         self.plugin_set: PluginSet = build_plugin_set(plugins)
         self._calls = _plugin_calls(self.plugin_set)
         self._plugin_names = [name for name, _ in self._calls]
+        self._all_done = {name: True for name in self._plugin_names}
+        self._all_done_json = _dumps_results(self._all_done)
         self._stop = threading.Event()
         self._held: dict[int, int] = {}  # item id -> claim token, for lease renewal
         self._stats: dict[str, list] = {}  # plugin -> [successes, failures, seconds] since the last write-back
@@ -219,17 +225,20 @@ class Runner:
         if not rows:
             return summary
         with self._held_lock:
-            self._held = {row.id: row.claim_token for row in rows}
+            self._held = {row[0]: row[9] for row in rows}
         self._start_heartbeat()
         pending: list[Outcome] = []
         items: list[tuple[Item, int]] = []
+        # A batch's rows mostly share a few creation times (enqueue_many
+        # stamps its items with one): each distinct text is parsed once.
+        times = ConvertOnce(self.storage.parse_time)
         for row in rows:
-            item, problem = self._decode(row)
+            item, problem = self._decode(row, times)
             if problem is not None:
                 pending.append(problem)
                 _count(summary, problem[0])
             else:
-                items.append((item, row.claim_token))
+                items.append((item, row[9]))
         try:
             if self.concurrency == 1:
                 self._process_serially(items, pending, summary)
@@ -295,7 +304,7 @@ class Runner:
         now = utcnow()
         for item, token in items:
             pending.append(
-                (Status.PENDING, item.trials, _dumps(item.results), _dumps(item.errors), now, item.lasttry_dtime, item.id, token)
+                (_PENDING, item.trials, _dumps(item.results), _dumps(item.errors), now, item.lasttry_dtime, item.id, token)
             )
             summary.released += 1
 
@@ -335,52 +344,54 @@ class Runner:
 
     # -- one item -----------------------------------------------------------
 
-    def _decode(self, row: ClaimedRow) -> tuple[Item | None, Outcome | None]:
-        """The claimed row as an Item, or an ``error`` outcome when it cannot be processed."""
-        storage = self.storage
+    def _decode(self, row: ClaimedRow, times: Mapping[Any, dt.datetime | None]) -> tuple[Item | None, Outcome | None]:
+        """The claimed row as an Item, or an ``error`` outcome when it cannot be processed.
+
+        ``times`` maps the database's time values to datetimes.
+        """
+        item_id, type_, payload, trials, results, errors, priority, created, lasttry, token = row
         load = decode_claimed_json
         try:
-            results = load(row.results)
-            errors = load(row.errors)
-            if not isinstance(results, dict) or not isinstance(errors, dict):
+            results = load(results)
+            errors = load(errors)
+            if results.__class__ is not dict or errors.__class__ is not dict:
                 raise ValueError("results and errors must be JSON objects")
         except (ValueError, RecursionError):
             results, errors = {}, {}
             errors[RESERVED_NAME] = "results/errors columns hold invalid JSON; they were reset"
         try:
-            payload = load(row.payload)
+            payload = load(payload)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python can decode
             errors[RESERVED_NAME] = f"payload is not valid JSON ({exc}); it cannot be processed"
-            log.error("item %d: %s", row.id, errors[RESERVED_NAME])
+            log.error("item %d: %s", item_id, errors[RESERVED_NAME])
             now = utcnow()
-            return None, (Status.ERROR, row.trials + 1, _dumps(results), _dumps(errors), now, now, row.id, row.claim_token)
-        if row.trials >= self.max_trials:
+            return None, (_ERROR, trials + 1, _dumps(results), _dumps(errors), now, now, item_id, token)
+        if trials >= self.max_trials:
             # Only a claim after an expired lease raises trials here: the
             # runners that held this item died or stalled with it, max_trials times.
             errors[RESERVED_NAME] = (
-                f"gave up after {row.trials} tries: the last runner holding it lost its lease "
+                f"gave up after {trials} tries: the last runner holding it lost its lease "
                 "(it died or stalled on this item)"
             )
-            log.error("item %d: %s", row.id, errors[RESERVED_NAME])
+            log.error("item %d: %s", item_id, errors[RESERVED_NAME])
             now = utcnow()
-            return None, (Status.ERROR, row.trials, _dumps(results), _dumps(errors), now, now, row.id, row.claim_token)
-        parse_time = storage.parse_time
+            return None, (_ERROR, trials, _dumps(results), _dumps(errors), now, now, item_id, token)
         # Positional: this runs for every claimed item. The order is Item's fields'.
         item = Item(
-            row.id,
-            row.type,
+            item_id,
+            type_,
             payload,
             Status.IN_PROGRESS,
-            row.trials,
+            trials,
             results,
             errors,
-            row.priority,
-            parse_time(row.creation_dtime),
-            parse_time(row.lasttry_dtime),
+            priority,
+            times[created],
+            times[lasttry],
             None,  # run_after
             None,  # lease_owner
             None,  # lease_expires
-            row.claim_token,
+            token,
         )
         return item, None
 
@@ -448,7 +459,7 @@ class Runner:
         trials = item.trials
         if interrupted:
             # Stopped before every plugin had its say: keep the answers, no try counted.
-            return (Status.PENDING, trials, _dumps_results(results), _dumps(errors), now, item.lasttry_dtime, item.id, token)
+            return (_PENDING, trials, _dumps_results(results), _dumps(errors), now, item.lasttry_dtime, item.id, token)
         if not accepted:
             failed = True
             errors[RESERVED_NAME] = (
@@ -458,16 +469,18 @@ class Runner:
         else:
             errors.pop(RESERVED_NAME, None)
         if not failed:
-            return (Status.DONE, trials, _dumps_results(results), _dumps(errors), now, now, item.id, token)
+            # The usual outcome, every plugin done, has one JSON text per runner.
+            text = self._all_done_json if results == self._all_done else _dumps_results(results)
+            return (_DONE, trials, text, _dumps(errors), now, now, item.id, token)
         trials += 1
         if permanent or trials >= self.max_trials:
             if not permanent:
                 gave_up = f"gave up after {trials} tries (max_trials={self.max_trials})"
                 reason = errors.get(RESERVED_NAME)
                 errors[RESERVED_NAME] = f"{reason}; {gave_up}" if reason else gave_up
-            return (Status.ERROR, trials, _dumps_results(results), _dumps(errors), now, now, item.id, token)
+            return (_ERROR, trials, _dumps_results(results), _dumps(errors), now, now, item.id, token)
         delay = max(self.backoff(trials), wait_at_least)
-        return (Status.NEED_RETRY, trials, _dumps_results(results), _dumps(errors), now + _seconds(delay), now, item.id, token)
+        return (_NEED_RETRY, trials, _dumps_results(results), _dumps(errors), now + _seconds(delay), now, item.id, token)
 
     def backoff(self, trials: int) -> float:
         """Seconds before the next try after ``trials`` failed ones: exponential,
@@ -552,13 +565,13 @@ def _merge_stats(into: dict[str, list], stats: dict[str, list]) -> None:
 
 
 def _count(summary: BatchSummary, status: int) -> None:
-    if status == Status.DONE:
+    if status == _DONE:
         summary.done += 1
-    elif status == Status.NEED_RETRY:
+    elif status == _NEED_RETRY:
         summary.retried += 1
-    elif status == Status.ERROR:
+    elif status == _ERROR:
         summary.failed += 1
-    elif status == Status.PENDING:
+    elif status == _PENDING:
         summary.released += 1
 
 

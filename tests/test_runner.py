@@ -295,7 +295,7 @@ def test_an_expired_lease_makes_the_item_claimable_and_counts_as_a_try(queue):
     now = utcnow()
     # A runner that claimed and died: its lease is already over.
     claimed = queue.storage.claim("dead-runner", now, now - dt.timedelta(seconds=1), 10)
-    assert [r.id for r in claimed] == [item.id]
+    assert [r[0] for r in claimed] == [item.id]  # ClaimedRow: id first
     assert queue.get(item.id).status is Status.IN_PROGRESS
     plugin = Answers(True)
     make_runner(queue, {"p": plugin}).run(burst=True)
@@ -332,7 +332,7 @@ def test_a_stale_runner_cannot_overwrite_newer_work(queue):
     assert queue.get(item.id).status is Status.DONE
     # The stale runner wakes up and writes back its (failed) outcome with its old token.
     written = queue.storage.write_back(
-        [(Status.NEED_RETRY, 1, '{"p": false}', '{"p": "late"}', now, now, stale.id, stale.claim_token)]
+        [(Status.NEED_RETRY, 1, '{"p": false}', '{"p": "late"}', now, now, stale[0], stale[-1])]  # ClaimedRow: id first, claim token last
     )
     assert written == 0
     got = queue.get(item.id)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from queuecore import Queue, Runner, Status, hookimpl
 from queuecore import runner as runner_module
-from queuecore.storage import redact_url, utcnow
+from queuecore.storage import decode_claimed_json, redact_url, utcnow
 
 
 def test_a_claim_reads_neither_done_rows_nor_sorts_the_table(queue):
@@ -39,7 +42,7 @@ def test_claimed_rows_come_back_in_priority_then_age_order(queue):
     queue.enqueue_many([("t", i, i % 3) for i in range(30)])
     now = utcnow()
     rows = queue.storage.claim("me", now, now + dt.timedelta(seconds=60), 30)
-    keys = [(-r.priority, r.id) for r in rows]
+    keys = [(-r[6], r[0]) for r in rows]  # ClaimedRow: (id, ..., priority at 6, ...)
     assert keys == sorted(keys) and len(rows) == 30
 
 
@@ -158,3 +161,29 @@ def test_runner_status_changes_leave_pending_rows_out_of_the_tried_index(sqlite_
     sql, params = errors.sql()
     plan = " ".join(str(r[-1]) for r in db.execute_sql("EXPLAIN QUERY PLAN " + sql, params))
     assert "queuecore_item_status_lasttry_dtime" in plan
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    st.one_of(
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+            max_leaves=12,
+        ).map(json.dumps),
+        st.text(max_size=30),
+        st.sampled_from([" {}", "{} ", '{"a": 1} x', "\n[1]\n", "{", "", "NaN", "[1,]", '"\\ud800"', "{}{}"]),
+    )
+)
+def test_decoding_a_claimed_json_column_agrees_with_json_loads(text):
+    # The claim's decoder takes a fast path; it must accept and refuse exactly what json.loads does.
+    try:
+        expected = json.loads(text)
+    except ValueError as exc:
+        with pytest.raises(ValueError) as raised:
+            decode_claimed_json(text)
+        assert str(raised.value) == str(exc)
+        return
+    same = json.dumps(expected)  # compared as JSON text: NaN is not equal to itself
+    assert json.dumps(decode_claimed_json(text)) == same
+    assert json.dumps(decode_claimed_json(text.encode("utf-8"))) == same

@@ -94,7 +94,7 @@ def populate(queue: Queue) -> Populated:
     (in_progress,) = queue.enqueue_many([("mail", {"to": "busy@example.test"})])
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     claimed = queue.storage.claim("test-runner", now, now + dt.timedelta(hours=1), 1)
-    assert [r.id for r in claimed] == [in_progress]
+    assert [r[0] for r in claimed] == [in_progress]  # ClaimedRow: id first
     pending = queue.enqueue_many([("mail", {"to": "later@example.test"}), ("doc", {"id": 7})])
     xss = queue.enqueue(XSS, {"html": XSS, "note": "</pre><b>bold</b>"}).id
     return Populated(queue, done, bounced, slow, broken, [in_progress], pending + [xss], xss)
