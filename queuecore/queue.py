@@ -8,6 +8,7 @@ import functools
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -268,7 +269,15 @@ def encode_payload(payload: Any, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> 
         raise InvalidItemError(f"payload holds text that is not valid Unicode: {exc.reason} at {exc.start}") from None
     if size > max_bytes:
         raise InvalidItemError(f"payload is {size} bytes as JSON; the limit is {max_bytes}")
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        # Refused on every backend, so a queue that moves from SQLite keeps working.
+        raise InvalidItemError("payload holds a NUL character (\\u0000), which PostgreSQL cannot store in JSON")
     return text
+
+
+# \u0000 in JSON text, unless its backslash is itself escaped ("\\u0000" is
+# the six characters \u0000, which every backend stores).
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 _encode_payload_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode

@@ -581,7 +581,19 @@ def _error_text(exc: BaseException, kind: str | None = None) -> str:
     except BaseException:  # noqa: BLE001 - a plugin's exception may fail to print itself
         message = f"<unprintable {type(exc).__name__}>"
     text = f"{kind or type(exc).__name__}: {message}" if message else (kind or type(exc).__name__)
-    return text[:MAX_ERROR_TEXT]
+    return _storable(text[:MAX_ERROR_TEXT])
+
+
+def _storable(text: str) -> str:
+    """``text`` with what a database refuses written out as escapes: NUL
+    (PostgreSQL's jsonb) and lone surrogates (not UTF-8, so no driver sends them)."""
+    text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _safe_repr(value: Any) -> str:

@@ -320,12 +320,16 @@ class Storage:
             f"lasttry_dtime = {p}, lease_owner = NULL, lease_expires = NULL "
             f"WHERE id = {p} AND claim_token = {p}"
         )
+        # The batch travels as one JSON document: psycopg dumps Python lists
+        # into array literals in Python, escaping each element with a regex,
+        # which cost more client CPU than the rest of a drain (measured: 8.7
+        # against 0.6 us an item).
         self._write_back_pg_sql = (
-            f"UPDATE {t} AS t SET status = v.status, trials = v.trials, results = v.results::jsonb, "
-            "errors = v.errors::jsonb, run_after = v.run_after, lasttry_dtime = v.lasttry, "
+            f"UPDATE {t} AS t SET status = v.status, trials = v.trials, results = v.results, "
+            "errors = v.errors, run_after = v.run_after, lasttry_dtime = v.lasttry, "
             "lease_owner = NULL, lease_expires = NULL "
-            "FROM unnest(%s::smallint[], %s::int[], %s::text[], %s::text[], %s::timestamp[], %s::timestamp[], "
-            "%s::bigint[], %s::bigint[]) AS v(status, trials, results, errors, run_after, lasttry, id, token) "
+            "FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, token bigint, status smallint, trials int, "
+            "results jsonb, errors jsonb, run_after timestamp, lasttry timestamp) "
             "WHERE t.id = v.id AND t.claim_token = v.token"
         )
         self._renew_sql = (
@@ -413,10 +417,8 @@ class Storage:
             if self.backend == "mysql":
                 written = self._write_back_mysql(cursor, outcomes)
             elif self.backend == "postgres":
-                # One statement over arrays, instead of a round trip a row.
-                columns = [list(column) for column in zip(*outcomes)]
-                columns[0] = [int(status) for status in columns[0]]
-                cursor.execute(self._write_back_pg_sql, columns)
+                # One statement for the batch, instead of a round trip a row.
+                cursor.execute(self._write_back_pg_sql, (_outcomes_as_json(outcomes),))
                 written = cursor.rowcount
             else:
                 cursor.executemany(self._write_back_sql, outcomes)
@@ -640,15 +642,33 @@ class Storage:
                 total += self.Item.delete().where(self.Item.id.in_(ids)).execute()
 
 
+def _outcomes_as_json(outcomes: Sequence[Outcome]) -> str:
+    """The outcomes as a JSON array of records for jsonb_to_recordset.
+
+    results and errors are JSON texts already (from the runner's encoder), so
+    they are spliced in as they are; times are naive UTC, formatted once each.
+    """
+    times = ConvertOnce(_json_time, none="null")
+    return "[" + ",".join([
+        f'{{"id":{item_id:d},"token":{token:d},"status":{status:d},"trials":{trials:d},'
+        f'"results":{results},"errors":{errors},"run_after":{times[run_after]},"lasttry":{times[lasttry]}}}'
+        for status, trials, results, errors, run_after, lasttry, item_id, token in outcomes
+    ]) + "]"
+
+
+def _json_time(value: dt.datetime) -> str:
+    return f'"{value.isoformat()}"'
+
+
 class ConvertOnce(dict):
-    """value -> ``convert(value)``, computed on a value's first lookup (None -> None).
+    """value -> ``convert(value)``, computed on a value's first lookup (None -> ``none``).
 
     For the many rows of a batch that share a few times: each is formatted
     or parsed once, and the lookups stay in C.
     """
 
-    def __init__(self, convert: Callable[[Any], Any]) -> None:
-        super().__init__({None: None})
+    def __init__(self, convert: Callable[[Any], Any], none: Any = None) -> None:
+        super().__init__({None: none})
         self.convert = convert
 
     def __missing__(self, value: Any) -> Any:

@@ -100,6 +100,16 @@ def test_payload_that_is_not_json_or_not_unicode_is_rejected(q, payload):
     assert total(q) == 0
 
 
+@pytest.mark.parametrize("payload", ["a\x00b", {"k": ["\x00"]}, {"nul\x00key": 1}], ids=["string", "nested", "key"])
+def test_payload_with_a_nul_character_is_rejected_on_every_backend(queue, payload):
+    with pytest.raises(InvalidItemError, match="NUL character"):
+        queue.enqueue("t", payload)
+    assert total(queue) == 0
+    # Escaped backslashes before "u0000" are ordinary text, not a NUL.
+    for text in ("\\u0000", "\\\\u0000", "x\\u0000y"):
+        assert queue.get(queue.enqueue("t", {"s": text}).id).payload == {"s": text}
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
 def test_nan_and_infinity_are_rejected(q, value):
     for payload in (value, {"x": [1, value]}):
@@ -273,6 +283,26 @@ def test_plugin_raising_base_exceptions_is_a_recorded_failure(q, key):
     assert bad.status == Status.ERROR
     assert bad.errors["raiser"] == expected
     assert q.counts()[Status.DONE] == 2
+
+
+def test_exception_text_no_database_can_store_is_recorded_escaped(queue):
+    # NUL (refused by PostgreSQL's jsonb) and a lone surrogate (not UTF-8) in a
+    # plugin's exception used to fail the write-back and stop the runner.
+    messages = {"nul": "a\x00b", "surrogate": "lone \ud800 half", "both": "\x00\udfff ünï"}
+    ids = dict(zip(messages, queue.enqueue_many([("t", {"m": key}) for key in messages] + [("t", {"m": "fine"})])))
+
+    class Raiser:
+        @hookimpl
+        def process_item(self, item):
+            if item.payload["m"] in messages:
+                raise ValueError(messages[item.payload["m"]])
+            return True
+
+    summary = Runner(queue, plugins={"raiser": Raiser()}, max_trials=1).run(burst=True)
+    assert (summary.failed, summary.done) == (3, 1)
+    assert queue.get(ids["nul"]).errors["raiser"] == "ValueError: a\\x00b"
+    assert queue.get(ids["surrogate"]).errors["raiser"] == "ValueError: lone \\ud800 half"
+    assert queue.get(ids["both"]).errors["raiser"] == "ValueError: \\x00\\udfff ünï"
 
 
 def test_plugin_raising_keyboard_interrupt_stops_the_runner_cleanly(q):
