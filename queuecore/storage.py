@@ -281,10 +281,16 @@ class Storage:
                 self.db.execute_sql(f"CREATE INDEX {tried} ON {self.table} (status, lasttry_dtime)")
 
     def explain_claim(self) -> str:
-        """The backend's plan for the claim's SELECT, for tests and operators."""
+        """The backend's plan for the claim (on MySQL, for its SELECT of due
+        rows), for tests and operators. Nothing is claimed."""
         now = utcnow()
-        prefix = {"sqlite": "EXPLAIN QUERY PLAN ", "postgres": "EXPLAIN ", "mysql": "EXPLAIN "}[self.backend]
-        cursor = self.db.execute_sql(prefix + self._select_due_sql, (self._time(now), 500))
+        if self.backend == "mysql":
+            sql, params = "EXPLAIN " + self._select_due_sql, (now, 500)
+        else:
+            prefix = "EXPLAIN QUERY PLAN " if self.backend == "sqlite" else "EXPLAIN "
+            t = self._time(now)
+            sql, params = prefix + self._claim_sql, (1, "explain", t, t, t, 500)
+        cursor = self.db.execute_sql(sql, params)
         return "\n".join(" ".join(str(c) for c in row) for row in cursor.fetchall())
 
     # -- the hot path -------------------------------------------------------
@@ -308,8 +314,16 @@ class Storage:
             f"status = {Status.IN_PROGRESS:d}, lease_owner = {p}, lease_expires = {p}, run_after = {p}, "
             f"claim_token = claim_token + 1"
         )
+        if self.backend == "postgres":
+            # = ANY(ARRAY(...)) makes the chosen ids one array that the
+            # update looks up through the primary key; IN (...) became a hash
+            # join over a sequential scan of the whole table (measured: 8.4
+            # against 4.5 us an item of server time, 20,000 rows).
+            claimed = f"id = ANY(ARRAY({self._select_due_sql}{lock}))"
+        else:
+            claimed = f"id IN ({self._select_due_sql})"
         self._claim_sql = (
-            f"UPDATE {t} SET {claim_set} WHERE id IN ({self._select_due_sql}{lock}) "
+            f"UPDATE {t} SET {claim_set} WHERE {claimed} "
             f"RETURNING {_CLAIMED_COLUMNS_PG if self.backend == 'postgres' else _CLAIMED_COLUMNS}"
         )
         self._mysql_lock_sql = self._select_due_sql + lock
@@ -382,9 +396,14 @@ class Storage:
         cap = 2**31 - 1 if max_trials is None else max_trials
         if self.backend == "mysql":
             return self._claim_mysql(owner, now, until, limit, cap)
-        with self.transaction():
-            cursor = self.db.execute_sql(self._claim_sql, (cap, owner, until, until, self._time(now), limit))
-            rows = cursor.fetchall()
+        params = (cap, owner, until, until, self._time(now), limit)
+        if self.backend == "postgres" and not self.db.in_transaction():
+            # One statement is atomic on its own (the connection autocommits):
+            # BEGIN and COMMIT would be two more round trips a batch.
+            rows = self.db.execute_sql(self._claim_sql, params).fetchall()
+        else:
+            with self.transaction():
+                rows = self.db.execute_sql(self._claim_sql, params).fetchall()
         return _in_claim_order(rows)
 
     def _claim_mysql(self, owner: str, now: dt.datetime, until: Any, limit: int, cap: int) -> list[ClaimedRow]:

@@ -16,6 +16,18 @@ from queuecore import runner as runner_module
 from queuecore.storage import decode_claimed_json, redact_url, utcnow
 
 
+def test_a_postgres_claim_finds_its_rows_by_key_in_a_large_backlog(postgres_url):
+    queue = Queue(postgres_url)
+    queue.enqueue_many([("t", i) for i in range(20_000)])
+    queue.database.execute_sql("ANALYZE queuecore_item")
+    plan = queue.storage.explain_claim()
+    # The update finds the chosen ids through the primary key; a join would
+    # scan the whole table for every batch.
+    assert "Seq Scan" not in plan and "Join" not in plan, plan
+    assert "queuecore_item_pkey" in plan, plan
+    queue.close()
+
+
 def test_a_claim_reads_neither_done_rows_nor_sorts_the_table(queue):
     ids = queue.enqueue_many([("t", i) for i in range(5000)])
     item_model = queue.storage.Item
