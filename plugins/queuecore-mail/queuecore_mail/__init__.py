@@ -7,10 +7,15 @@ text in UTF-8, with ``Date`` (when the item was enqueued) and a ``Message-ID``
 made from the item id, the same on every try so receivers can de-duplicate.
 
 SMTP settings come from the environment: ``QUEUECORE_SMTP_HOST`` (default
-``localhost``), ``QUEUECORE_SMTP_PORT`` (default 25), ``QUEUECORE_SMTP_USER``
-and ``QUEUECORE_SMTP_PASSWORD`` (log in when the user is set),
-``QUEUECORE_SMTP_STARTTLS`` (``1`` to require STARTTLS), ``QUEUECORE_SMTP_FROM``,
-``QUEUECORE_SMTP_TIMEOUT`` (seconds, default 30).
+``localhost``), ``QUEUECORE_SMTP_PORT`` (default 25, or 465 with
+``QUEUECORE_SMTP_TLS``), ``QUEUECORE_SMTP_USER`` and
+``QUEUECORE_SMTP_PASSWORD`` (log in when the user is set),
+``QUEUECORE_SMTP_STARTTLS`` (``1`` to require STARTTLS) or
+``QUEUECORE_SMTP_TLS`` (``1`` for TLS from the first byte, "SMTPS"),
+``QUEUECORE_SMTP_CAFILE`` (PEM file of the CAs that sign the server's
+certificate, when it is not a public one), ``QUEUECORE_SMTP_FROM``,
+``QUEUECORE_SMTP_TIMEOUT`` (seconds, default 30). The server's certificate is
+always verified.
 
 Outcomes: accepted by the server is done; a 4xx answer, a refused or lost
 connection, or a timeout fails the try (retried); a 5xx answer or a bad payload
@@ -35,6 +40,7 @@ __version__ = "0.1.0"
 ITEM_TYPE = "mail"
 ENV_PREFIX = "QUEUECORE_SMTP_"
 DEFAULT_PORT = 25
+DEFAULT_TLS_PORT = 465
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -51,9 +57,14 @@ class Settings:
     starttls: bool = False
     sender: str | None = None
     timeout: float = DEFAULT_TIMEOUT
+    tls: bool = False
+    cafile: str | None = None
 
     def __repr__(self) -> str:  # never show the password
-        return f"Settings(host={self.host!r}, port={self.port}, user={self.user!r}, starttls={self.starttls})"
+        return (
+            f"Settings(host={self.host!r}, port={self.port}, user={self.user!r}, "
+            f"starttls={self.starttls}, tls={self.tls})"
+        )
 
     @classmethod
     def from_env(cls, environ: Any = None) -> Settings:
@@ -64,10 +75,25 @@ class Settings:
             value = env.get(ENV_PREFIX + name, "").strip()
             return value or None
 
+        def flag(name: str) -> bool:
+            value = (get(name) or "").lower()
+            if value not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+                raise DeliveryError(f"{ENV_PREFIX}{name} must be 1 or 0, not {value!r}")
+            return value in ("1", "true", "yes", "on")
+
+        starttls, tls = flag("STARTTLS"), flag("TLS")
+        if starttls and tls:
+            raise DeliveryError(
+                f"set {ENV_PREFIX}TLS (TLS from the first byte, port 465) or {ENV_PREFIX}STARTTLS "
+                "(upgrade a plain connection), not both"
+            )
+        cafile = get("CAFILE")
+        if cafile is not None and not os.path.isfile(cafile):
+            raise DeliveryError(f"{ENV_PREFIX}CAFILE names no file: {cafile!r}")
         port = get("PORT")
         timeout = get("TIMEOUT")
         try:
-            port_number = int(port) if port else DEFAULT_PORT
+            port_number = int(port) if port else (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
             if not 0 < port_number < 65536:
                 raise ValueError
         except ValueError:
@@ -78,17 +104,16 @@ class Settings:
                 raise ValueError
         except ValueError:
             raise DeliveryError(f"{ENV_PREFIX}TIMEOUT must be a number of seconds > 0, not {timeout!r}") from None
-        starttls = (get("STARTTLS") or "").lower()
-        if starttls not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
-            raise DeliveryError(f"{ENV_PREFIX}STARTTLS must be 1 or 0, not {starttls!r}")
         return cls(
             host=get("HOST") or "localhost",
             port=port_number,
             user=get("USER"),
             password=env.get(ENV_PREFIX + "PASSWORD") or None,
-            starttls=starttls in ("1", "true", "yes", "on"),
+            starttls=starttls,
             sender=get("FROM"),
             timeout=seconds,
+            tls=tls,
+            cafile=cafile,
         )
 
 
@@ -151,9 +176,9 @@ def send(message: EmailMessage, settings: Settings) -> None:
     """Hand ``message`` to the SMTP server; raises DeliveryError (retry) or PermanentError."""
     where = f"SMTP {settings.host}:{settings.port}"
     try:
-        with smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout) as smtp:
+        with _connect(settings) as smtp:
             if settings.starttls:
-                smtp.starttls(context=ssl.create_default_context())
+                smtp.starttls(context=ssl.create_default_context(cafile=settings.cafile))
             if settings.user:
                 smtp.login(settings.user, settings.password or "")
             refused = smtp.send_message(message)
@@ -173,6 +198,11 @@ def send(message: EmailMessage, settings: Settings) -> None:
         raise DeliveryError(f"{where}: {exc} (is {ENV_PREFIX}STARTTLS or {ENV_PREFIX}USER set for a server that does not offer it?)") from None
     except ConnectionRefusedError:
         raise DeliveryError(f"{where}: connection refused") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise DeliveryError(
+            f"{where}: the server's certificate did not verify ({exc.verify_message}); "
+            f"if a private CA signed it, set {ENV_PREFIX}CAFILE"
+        ) from None
     except (TimeoutError, OSError) as exc:
         if isinstance(exc, TimeoutError) or "timed out" in str(exc):
             raise DeliveryError(f"{where}: no answer within {settings.timeout:g} s") from None
@@ -187,6 +217,13 @@ def send(message: EmailMessage, settings: Settings) -> None:
             f"{where} accepted the mail for {', '.join(accepted)} but refused {answers}; not retried, "
             "since a retry would deliver it twice"
         )
+
+
+def _connect(settings: Settings) -> smtplib.SMTP:
+    if settings.tls:
+        context = ssl.create_default_context(cafile=settings.cafile)
+        return smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout, context=context)
+    return smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
 
 
 def _check_address(address: str) -> None:

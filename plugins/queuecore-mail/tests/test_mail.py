@@ -6,10 +6,12 @@ import email
 import email.policy
 import json
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 import pytest
 import queuecore_mail
+import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
@@ -70,7 +72,7 @@ def inbox(monkeypatch):
 
 @pytest.fixture
 def harness(queuecore_harness, monkeypatch):
-    for name in ("HOST", "PORT", "USER", "PASSWORD", "STARTTLS", "FROM", "TIMEOUT"):
+    for name in ("HOST", "PORT", "USER", "PASSWORD", "STARTTLS", "TLS", "CAFILE", "FROM", "TIMEOUT"):
         monkeypatch.delenv(f"QUEUECORE_SMTP_{name}", raising=False)
     monkeypatch.setenv("QUEUECORE_SMTP_FROM", "Queue <queue@example.org>")
     queuecore_harness.register("mail", queuecore_mail)
@@ -203,6 +205,104 @@ def test_starttls_required_but_not_offered(harness, inbox, monkeypatch):
     assert item.status is Status.NEED_RETRY
     assert "STARTTLS" in item.errors["mail"]
     assert inbox.messages == []
+
+
+@pytest.fixture
+def certificates(tmp_path):
+    """A private CA, a server context with a certificate it signed for 127.0.0.1, and the CA's PEM file."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    return server_context, str(cafile)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_implicit_tls_with_login(harness, certificates, monkeypatch):
+    server_context, cafile = certificates
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append(auth_data.login)
+        return AuthResult(success=auth_data.password == PASSWORD.encode(), handled=False)
+
+    box = Inbox()
+    # aiosmtpd offers AUTH only after its own STARTTLS unless told otherwise;
+    # this connection is TLS from the first byte.
+    controller = start_server(box, ssl_context=server_context, authenticator=authenticator, auth_require_tls=False)
+    try:
+        monkeypatch.setenv("QUEUECORE_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("QUEUECORE_SMTP_PORT", str(box.port))
+        monkeypatch.setenv("QUEUECORE_SMTP_TLS", "1")
+        monkeypatch.setenv("QUEUECORE_SMTP_CAFILE", cafile)
+        monkeypatch.setenv("QUEUECORE_SMTP_USER", "queue")
+        monkeypatch.setenv("QUEUECORE_SMTP_PASSWORD", PASSWORD)
+        [item] = harness.run_items(mail(subject="over TLS"))
+    finally:
+        controller.stop()
+    assert item.status is Status.DONE, item.errors
+    assert logins == [b"queue"]
+    assert [m["Subject"] for _, _, m in box.messages] == ["over TLS"]
+
+
+def test_starttls_upgrades_the_connection(harness, certificates, monkeypatch):
+    server_context, cafile = certificates
+    box = Inbox()
+    controller = start_server(box, tls_context=server_context, require_starttls=True)
+    try:
+        monkeypatch.setenv("QUEUECORE_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("QUEUECORE_SMTP_PORT", str(box.port))
+        monkeypatch.setenv("QUEUECORE_SMTP_STARTTLS", "1")
+        monkeypatch.setenv("QUEUECORE_SMTP_CAFILE", cafile)
+        [item] = harness.run_items(mail())
+        monkeypatch.delenv("QUEUECORE_SMTP_STARTTLS")
+        # The server refuses mail on a connection that was not upgraded.
+        [plain] = harness.run_items(mail())
+    finally:
+        controller.stop()
+    assert item.status is Status.DONE, item.errors
+    assert len(box.messages) == 1
+    assert plain.status is not Status.DONE
+
+
+def test_a_certificate_that_does_not_verify_is_retried_with_a_hint(harness, certificates, monkeypatch):
+    server_context, _cafile = certificates
+    box = Inbox()
+    controller = start_server(box, ssl_context=server_context)
+    try:
+        monkeypatch.setenv("QUEUECORE_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("QUEUECORE_SMTP_PORT", str(box.port))
+        monkeypatch.setenv("QUEUECORE_SMTP_TLS", "1")  # no CAFILE: the private CA is not trusted
+        [item] = harness.run_items(mail())
+    finally:
+        controller.stop()
+    assert item.status is Status.NEED_RETRY
+    assert "did not verify" in item.errors["mail"] and "QUEUECORE_SMTP_CAFILE" in item.errors["mail"]
+    assert box.messages == []
+
+
+@pytest.mark.parametrize(
+    "env, fragment",
+    [
+        ({"TLS": "1", "STARTTLS": "1"}, "not both"),
+        ({"TLS": "maybe"}, "QUEUECORE_SMTP_TLS must be 1 or 0"),
+        ({"CAFILE": "/nonexistent/ca.pem"}, "QUEUECORE_SMTP_CAFILE names no file"),
+    ],
+)
+def test_bad_tls_settings_are_named(harness, inbox, monkeypatch, env, fragment):
+    for name, value in env.items():
+        monkeypatch.setenv(f"QUEUECORE_SMTP_{name}", value)
+    [item] = harness.run_items(mail())
+    assert item.status is Status.NEED_RETRY
+    assert fragment in item.errors["mail"]
+    assert inbox.messages == []
+
+
+def test_tls_defaults_to_port_465():
+    assert queuecore_mail.Settings.from_env({"QUEUECORE_SMTP_TLS": "1"}).port == 465
+    assert queuecore_mail.Settings.from_env({}).port == 25
+    assert queuecore_mail.Settings.from_env({"QUEUECORE_SMTP_TLS": "1", "QUEUECORE_SMTP_PORT": "2465"}).port == 2465
 
 
 def test_missing_sender_waits_for_configuration(harness, inbox, monkeypatch):
