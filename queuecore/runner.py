@@ -151,6 +151,11 @@ class Runner:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def plugin_names(self) -> tuple[str, ...]:
+        """The plugins' names, in the order each item is handed to them."""
+        return tuple(self._plugin_names)
+
     def run(
         self,
         burst: bool = False,

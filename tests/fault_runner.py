@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         retry_delay=args.retry_delay,
         lease_seconds=args.lease,
     )
-    order = runner._plugin_names  # pluggy's call order (last registered first)
+    order = runner.plugin_names  # pluggy's call order (last registered first)
     for name, plugin in plugins.items():
         plugin.first, plugin.last = name == order[0], name == order[-1]
     install_kill_points(runner, args, rng)

@@ -73,7 +73,7 @@ def test_status_machine_invariants(max_trials, tries):
 
         for step in tries:
             runner = Runner(q, plugins=plugins, max_trials=max_trials, retry_delay=0)
-            order = list(runner._plugin_names)
+            order = list(runner.plugin_names)
             for plugin in plugins.values():
                 plugin.answer = step["answers"][plugin.name]
                 plugin.stop_runner = None
