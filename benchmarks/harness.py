@@ -231,6 +231,10 @@ def cached_sqlite(ctx, key: str, build) -> str:
         os.replace(tmp, src)
     dst = ctx.path(key + ".db")
     shutil.copyfile(src, dst)
+    # The copy is hundreds of MB of dirty page cache: flush it now, or the
+    # drain's first WAL checkpoint (which fsyncs the file) waits for all of it.
+    with open(dst, "rb+") as f:
+        os.fsync(f.fileno())
     return dst
 
 

@@ -435,3 +435,67 @@ def pg_raw_unnest_4proc(ctx):
     conn = pg_connect(url)
     assert sum(counts) == ctx.n == pg_count(conn), (counts, pg_count(conn))
     return {"drain_4proc": ctx.n / elapsed}
+
+
+# ------------------------------------------------------------------ PostgreSQL, queuecore's own SQL shape
+
+# The claim finds the chosen ids through the primary key (= ANY(ARRAY(...)));
+# IN (subquery) plans a hash join over a scan of the table. The write-back is
+# one JSON document: psycopg dumps Python lists into array literals in Python.
+PG_CLAIM_ANY = PG_CLAIM.replace(" WHERE id IN (", " WHERE id = ANY(ARRAY(").replace(
+    " SKIP LOCKED)", " SKIP LOCKED))")
+
+PG_DONE_JSON = (
+    "UPDATE item SET status = 3, results = u.res, errors = '{}', lasttry_dtime = %s,"
+    " lease_owner = NULL, lease_expires = NULL"
+    " FROM jsonb_to_recordset(%s::jsonb) AS u(id bigint, tok int, res jsonb)"
+    " WHERE item.id = u.id AND item.claim_token = u.tok"
+)
+
+
+def pg_drain_json(conn, owner: str = "raw", batch: int = BATCH) -> int:
+    """As pg_drain_unnest, with the = ANY claim (autocommitted) and a JSON write-back."""
+    dumps = json.dumps
+    conn.autocommit = True
+    done = 0
+    while True:
+        now = utcnow()
+        exp = now + LEASE
+        rows = conn.execute(PG_CLAIM_ANY, (owner, exp, exp, now, batch)).fetchall()
+        if not rows:
+            break
+        out = []
+        for id_, payload, results, token in rows:
+            if noop(payload, results):
+                results["noop"] = True
+            out.append({"id": id_, "tok": token, "res": results})
+        conn.execute(PG_DONE_JSON, (now, dumps(out)))
+        done += len(rows)
+    return done
+
+
+@case("pg.raw.json", backend="postgresql", group="floor", timeout=300,
+      units={"drain_cpu": "us/item (CPU)"}, floors={"drain_cpu": "pg.raw:drain_cpu"},
+      note="claim by = ANY(ARRAY(...)), write-back as one jsonb_to_recordset document")
+def pg_raw_json(ctx):
+    url = ctx.fresh_pg()
+    conn = pg_create(url)
+    pg_enqueue(conn, ctx.n)
+    t0, c0 = time.perf_counter(), time.process_time()
+    done = pg_drain_json(conn)
+    drain, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert done == ctx.n == pg_count(conn), (done, pg_count(conn))
+    return {"drain": ctx.n / drain, "drain_cpu": cpu / ctx.n * 1e6}
+
+
+@case("pg.raw.json.4proc", backend="postgresql", group="floor", timeout=300,
+      floors={"drain_4proc": "pg.raw.4proc:drain_4proc"})
+def pg_raw_json_4proc(ctx):
+    url = ctx.fresh_pg()
+    conn = pg_create(url)
+    pg_enqueue(conn, ctx.n)
+    conn.close()
+    elapsed, counts = run_processes(_pg_worker, [(url, f"w{i}", pg_drain_json) for i in range(4)])
+    conn = pg_connect(url)
+    assert sum(counts) == ctx.n == pg_count(conn), (counts, pg_count(conn))
+    return {"drain_4proc": ctx.n / elapsed}
