@@ -334,17 +334,20 @@ class Storage:
             f"lasttry_dtime = {p}, lease_owner = NULL, lease_expires = NULL "
             f"WHERE id = {p} AND claim_token = {p}"
         )
-        # The batch travels as one JSON document: psycopg dumps Python lists
-        # into array literals in Python, escaping each element with a regex,
-        # which cost more client CPU than the rest of a drain (measured: 8.7
-        # against 0.6 us an item).
+        # One statement a batch. Most outcomes of a batch are alike (done, the
+        # same results, a few clock readings), so the distinct ones travel once,
+        # as a JSON document, and each row names its own by number (k). The
+        # ids, tokens and numbers are array literals built here: psycopg
+        # dumps Python lists element by element in Python. Measured against
+        # one JSON record a row: 5.2 against 8.0 us an item of server CPU.
         self._write_back_pg_sql = (
-            f"UPDATE {t} AS t SET status = v.status, trials = v.trials, results = v.results, "
-            "errors = v.errors, run_after = v.run_after, lasttry_dtime = v.lasttry, "
+            f"UPDATE {t} AS t SET status = s.status, trials = s.trials, results = s.results, "
+            "errors = s.errors, run_after = s.run_after, lasttry_dtime = s.lasttry, "
             "lease_owner = NULL, lease_expires = NULL "
-            "FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, token bigint, status smallint, trials int, "
-            "results jsonb, errors jsonb, run_after timestamp, lasttry timestamp) "
-            "WHERE t.id = v.id AND t.claim_token = v.token"
+            "FROM jsonb_to_recordset(%s::jsonb) AS s(k int, status smallint, trials int, "
+            "results jsonb, errors jsonb, run_after timestamp, lasttry timestamp), "
+            "unnest(%s::bigint[], %s::bigint[], %s::int[]) AS v(id, token, k) "
+            "WHERE s.k = v.k AND t.id = v.id AND t.claim_token = v.token"
         )
         self._renew_sql = (
             f"UPDATE {t} SET lease_expires = {p}, run_after = {p} "
@@ -437,7 +440,7 @@ class Storage:
                 written = self._write_back_mysql(cursor, outcomes)
             elif self.backend == "postgres":
                 # One statement for the batch, instead of a round trip a row.
-                cursor.execute(self._write_back_pg_sql, (_outcomes_as_json(outcomes),))
+                cursor.execute(self._write_back_pg_sql, _outcomes_for_postgres(outcomes))
                 written = cursor.rowcount
             else:
                 cursor.executemany(self._write_back_sql, outcomes)
@@ -661,18 +664,38 @@ class Storage:
                 total += self.Item.delete().where(self.Item.id.in_(ids)).execute()
 
 
-def _outcomes_as_json(outcomes: Sequence[Outcome]) -> str:
-    """The outcomes as a JSON array of records for jsonb_to_recordset.
+def _outcomes_for_postgres(outcomes: Sequence[Outcome]) -> tuple[str, str, str, str]:
+    """The parameters of the PostgreSQL write-back: the distinct outcomes as a
+    JSON array of records numbered from 1, and the ids, claim tokens and
+    record numbers as array literals.
 
     results and errors are JSON texts already (from the runner's encoder), so
     they are spliced in as they are; times are naive UTC, formatted once each.
     """
+    numbers: dict[tuple, int] = {}
+    keys = []
+    for outcome in outcomes:
+        shared = outcome[:6]
+        number = numbers.get(shared)
+        if number is None:
+            number = numbers[shared] = len(numbers) + 1
+        keys.append(number)
     times = ConvertOnce(_json_time, none="null")
-    return "[" + ",".join([
-        f'{{"id":{item_id:d},"token":{token:d},"status":{status:d},"trials":{trials:d},'
-        f'"results":{results},"errors":{errors},"run_after":{times[run_after]},"lasttry":{times[lasttry]}}}'
-        for status, trials, results, errors, run_after, lasttry, item_id, token in outcomes
-    ]) + "]"
+    records = ",".join([
+        f'{{"k":{k:d},"status":{status:d},"trials":{trials:d},"results":{results},"errors":{errors},'
+        f'"run_after":{times[run_after]},"lasttry":{times[lasttry]}}}'
+        for (status, trials, results, errors, run_after, lasttry), k in numbers.items()
+    ])
+    return (
+        f"[{records}]",
+        _int_array([outcome[6] for outcome in outcomes]),
+        _int_array([outcome[7] for outcome in outcomes]),
+        _int_array(keys),
+    )
+
+
+def _int_array(values: list[int]) -> str:
+    return "{" + ",".join(map(str, map(int, values))) + "}"
 
 
 def _json_time(value: dt.datetime) -> str:
