@@ -199,3 +199,28 @@ def test_decoding_a_claimed_json_column_agrees_with_json_loads(text):
     same = json.dumps(expected)  # compared as JSON text: NaN is not equal to itself
     assert json.dumps(decode_claimed_json(text)) == same
     assert json.dumps(decode_claimed_json(text.encode("utf-8"))) == same
+
+
+def test_a_write_back_of_mixed_outcomes_stores_each_row_its_own(queue):
+    ids = queue.enqueue_many([("t", i) for i in range(6)])
+    claimed_at = utcnow()
+    rows = {row[0]: row for row in queue.storage.claim("me", claimed_at, claimed_at + dt.timedelta(seconds=60), 10)}
+    now = claimed_at.replace(microsecond=123456)
+    later = now + dt.timedelta(minutes=5)
+    done = '{"a":true}'
+    wanted = {  # id -> (status, trials, results, errors, run_after, lasttry)
+        ids[0]: (Status.DONE, 0, done, "{}", now, now),
+        ids[1]: (Status.DONE, 0, done, "{}", now, now),  # the same outcome as the first
+        ids[2]: (Status.NEED_RETRY, 1, '{"a":false}', '{"a":"boom"}', later, now),
+        ids[3]: (Status.NEED_RETRY, 2, '{"a":false}', '{"a":"boom"}', later, now),  # differs in trials only
+        ids[4]: (Status.ERROR, 3, '{"a":false,"b":true}', '{"a":"ünï \\"quoted\\""}', now, now),
+        ids[5]: (Status.PENDING, 0, "{}", "{}", now, None),  # released untried: no last try
+    }
+    outcomes = [(*values, item_id, rows[item_id][-1]) for item_id, values in wanted.items()]
+    assert queue.storage.write_back(outcomes) == 6
+    for item_id, (status, trials, results, errors, run_after, lasttry) in wanted.items():
+        item = queue.get(item_id)
+        assert (item.status, item.trials) == (status, trials)
+        assert (item.results, item.errors) == (json.loads(results), json.loads(errors))
+        assert (item.run_after, item.lasttry_dtime) == (run_after, lasttry)
+        assert item.lease_owner is None
