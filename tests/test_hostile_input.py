@@ -110,6 +110,24 @@ def test_payload_with_a_nul_character_is_rejected_on_every_backend(queue, payloa
         assert queue.get(queue.enqueue("t", {"s": text}).id).payload == {"s": text}
 
 
+def test_circular_payload_is_rejected_as_circular(q):
+    loop: list = []
+    loop.append(loop)
+    looped = {"a": {"b": None}}
+    looped["a"]["b"] = looped
+    for payload in (loop, looped):
+        with pytest.raises(InvalidItemError, match="Circular reference"):
+            q.enqueue("t", payload)
+    assert total(q) == 0
+
+
+def test_payloads_are_stored_as_the_json_module_writes_them(q):
+    payloads = [{"b": [1, 2.5, None, True, "ü\"\\"], "a": {}}, "text", 7, [], {1: "int key"}, {"big": 10**30}]
+    ids = q.enqueue_many([("t", payload) for payload in payloads])
+    for item_id, payload in zip(ids, payloads):
+        assert q.get(item_id).payload == json.loads(json.dumps(payload))
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
 def test_nan_and_infinity_are_rejected(q, value):
     for payload in (value, {"x": [1, value]}):
