@@ -258,15 +258,39 @@ def pg_count(conn, status: int = 3) -> int:
     return n
 
 
-def _pg_worker(ready_q, start_ev, result_q, url, owner, drain=None):
-    """One drain process: connect, report ready, wait for the start, drain (pg_drain by default)."""
+def _pg_worker(ready_q, start_ev, result_q, url, owner, drain):
+    """One drain process: connect, report ready, wait for the start, drain."""
     try:
         conn = pg_connect(url)
         ready_q.put(owner)
         start_ev.wait()
-        result_q.put((drain or pg_drain)(conn, owner))
+        result_q.put(drain(conn, owner))
     except Exception as exc:  # noqa: BLE001
         result_q.put(f"error: {type(exc).__name__}: {exc}")
+
+
+def _pg_1proc(ctx, drain) -> dict:
+    """N items drained by one process with ``drain``: rate and client CPU per item."""
+    url = ctx.fresh_pg()
+    conn = pg_create(url)
+    pg_enqueue(conn, ctx.n)
+    t0, c0 = time.perf_counter(), time.process_time()
+    done = drain(conn)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert done == ctx.n == pg_count(conn), (done, pg_count(conn))
+    return {"drain": ctx.n / elapsed, "drain_cpu": cpu / ctx.n * 1e6}
+
+
+def _pg_4proc(ctx, drain) -> dict:
+    """N items drained by 4 processes with ``drain``, started together."""
+    url = ctx.fresh_pg()
+    conn = pg_create(url)
+    pg_enqueue(conn, ctx.n)
+    conn.close()
+    elapsed, counts = run_processes(_pg_worker, [(url, f"w{i}", drain) for i in range(4)])
+    conn = pg_connect(url)
+    assert sum(counts) == ctx.n == pg_count(conn), (counts, pg_count(conn))
+    return {"drain_4proc": ctx.n / elapsed}
 
 
 @case("pg.raw", backend="postgresql", group="floor", timeout=300,
@@ -286,14 +310,7 @@ def pg_raw(ctx):
 @case("pg.raw.4proc", backend="postgresql", group="floor", timeout=300,
       floors={"drain_4proc": "pg.raw:drain"})
 def pg_raw_4proc(ctx):
-    url = ctx.fresh_pg()
-    conn = pg_create(url)
-    pg_enqueue(conn, ctx.n)
-    conn.close()
-    elapsed, counts = run_processes(_pg_worker, [(url, f"w{i}") for i in range(4)])
-    conn = pg_connect(url)
-    assert sum(counts) == ctx.n == pg_count(conn), (counts, pg_count(conn))
-    return {"drain_4proc": ctx.n / elapsed}
+    return _pg_4proc(ctx, pg_drain)
 
 
 # ------------------------------------------------------------------ single enqueue floors
@@ -414,27 +431,13 @@ def pg_drain_unnest(conn, owner: str = "raw", batch: int = BATCH) -> int:
       units={"drain_cpu": "us/item (CPU)"}, floors={"drain_cpu": "pg.raw:drain_cpu"},
       note="write-back as one UPDATE ... FROM unnest(ids, tokens, results) per batch")
 def pg_raw_unnest(ctx):
-    url = ctx.fresh_pg()
-    conn = pg_create(url)
-    pg_enqueue(conn, ctx.n)
-    t0, c0 = time.perf_counter(), time.process_time()
-    done = pg_drain_unnest(conn)
-    drain, cpu = time.perf_counter() - t0, time.process_time() - c0
-    assert done == ctx.n == pg_count(conn), (done, pg_count(conn))
-    return {"drain": ctx.n / drain, "drain_cpu": cpu / ctx.n * 1e6}
+    return _pg_1proc(ctx, pg_drain_unnest)
 
 
 @case("pg.raw.unnest.4proc", backend="postgresql", group="floor", timeout=300,
       floors={"drain_4proc": "pg.raw.4proc:drain_4proc"})
 def pg_raw_unnest_4proc(ctx):
-    url = ctx.fresh_pg()
-    conn = pg_create(url)
-    pg_enqueue(conn, ctx.n)
-    conn.close()
-    elapsed, counts = run_processes(_pg_worker, [(url, f"w{i}", pg_drain_unnest) for i in range(4)])
-    conn = pg_connect(url)
-    assert sum(counts) == ctx.n == pg_count(conn), (counts, pg_count(conn))
-    return {"drain_4proc": ctx.n / elapsed}
+    return _pg_4proc(ctx, pg_drain_unnest)
 
 
 # ------------------------------------------------------------------ PostgreSQL, queuecore's own SQL shape
@@ -478,24 +481,10 @@ def pg_drain_json(conn, owner: str = "raw", batch: int = BATCH) -> int:
       units={"drain_cpu": "us/item (CPU)"}, floors={"drain_cpu": "pg.raw:drain_cpu"},
       note="claim by = ANY(ARRAY(...)), write-back as one jsonb_to_recordset document")
 def pg_raw_json(ctx):
-    url = ctx.fresh_pg()
-    conn = pg_create(url)
-    pg_enqueue(conn, ctx.n)
-    t0, c0 = time.perf_counter(), time.process_time()
-    done = pg_drain_json(conn)
-    drain, cpu = time.perf_counter() - t0, time.process_time() - c0
-    assert done == ctx.n == pg_count(conn), (done, pg_count(conn))
-    return {"drain": ctx.n / drain, "drain_cpu": cpu / ctx.n * 1e6}
+    return _pg_1proc(ctx, pg_drain_json)
 
 
 @case("pg.raw.json.4proc", backend="postgresql", group="floor", timeout=300,
       floors={"drain_4proc": "pg.raw.4proc:drain_4proc"})
 def pg_raw_json_4proc(ctx):
-    url = ctx.fresh_pg()
-    conn = pg_create(url)
-    pg_enqueue(conn, ctx.n)
-    conn.close()
-    elapsed, counts = run_processes(_pg_worker, [(url, f"w{i}", pg_drain_json) for i in range(4)])
-    conn = pg_connect(url)
-    assert sum(counts) == ctx.n == pg_count(conn), (counts, pg_count(conn))
-    return {"drain_4proc": ctx.n / elapsed}
+    return _pg_4proc(ctx, pg_drain_json)
