@@ -364,6 +364,8 @@ class Runner:
         except (ValueError, RecursionError):
             results, errors = {}, {}
             errors[RESERVED_NAME] = "results/errors columns hold invalid JSON; they were reset"
+            # The note on the item goes once a try succeeds; the log keeps it.
+            log.warning("item %d: %s, so every plugin is called again", item_id, errors[RESERVED_NAME])
         try:
             payload = load(payload)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python can decode

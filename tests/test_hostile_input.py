@@ -191,13 +191,20 @@ def test_row_with_corrupted_payload_goes_to_error_and_others_proceed(q, garbage)
     assert runner.run(burst=True).claimed == 0  # it stays in error; no runner crash loop
 
 
-def test_row_with_corrupted_results_is_reset_and_processed(q):
+def test_row_with_corrupted_results_is_reset_and_processed(q, caplog):
     ids = q.enqueue_many([("t", {}), ("t", {})])
     _corrupt_sqlite(q, "results", ids[0], "[1, 2")
     _corrupt_sqlite(q, "errors", ids[1], "[]")
-    Runner(q, plugins={"p": Done()}).run(burst=True)
+    with caplog.at_level("WARNING", logger="queuecore.runner"):
+        Runner(q, plugins={"p": Done()}).run(burst=True)
     assert q.counts()[Status.DONE] == 2
     assert all(q.get(i).results == {"p": True} for i in ids)
+    # Done items carry no note of the reset; the log says which items were reset.
+    reset = [r.getMessage() for r in caplog.records if "were reset" in r.getMessage()]
+    assert sorted(reset) == sorted(
+        f"item {i}: results/errors columns hold invalid JSON; they were reset, so every plugin is called again"
+        for i in ids
+    )
 
 
 def test_deeply_nested_row_on_postgres_does_not_break_the_claim(postgres_url):
