@@ -15,7 +15,9 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
@@ -262,6 +264,9 @@ def cli(ctx: click.Context, url: str, verbose: int) -> None:
     Plugins (the `queuecore` entry points, filtered by QUEUECORE_PLUGINS)
     load at start and may add commands of their own.
     """
+    if ctx.invoked_subcommand == "run":
+        # Before the plugins load, which may take a while: see _StopDuringStartUp.
+        ctx.meta["queuecore.start_up"] = ctx.with_resource(_StopDuringStartUp())
     plugins = _plugins(ctx)
     state = CliState(url=url or DEFAULT_URL, verbose=verbose, plugins=plugins)
     ctx.obj = state
@@ -588,6 +593,42 @@ def _read_jsonl(stream: TextIO, default_priority: int) -> list[tuple[str, Any, i
 # -------------------------------------------------------------------------
 
 
+class _StopDuringStartUp:
+    """For ``run``, from before the plugins load: keeps a SIGTERM/SIGINT that
+    arrives while they load and the database opens, instead of dying of it.
+    Nothing is claimed yet, so the run ends at once with exit 0. Once the
+    runner exists the signal stops it; while it runs, its own handlers are in
+    place."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._target: Any = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopDuringStartUp:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def stops(self, target: Any) -> None:
+        """From now on a signal calls ``target.stop()`` (a Runner or a
+        Supervisor, which stops at once if asked before it starts); so does
+        one that came earlier."""
+        self._target = target
+        if self.requested:
+            target.stop()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self._target is not None:
+            self._target.stop()
+
+
 @cli.command()
 @click.option("--burst", is_flag=True, help="Exit once nothing is due instead of waiting for more.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
@@ -614,14 +655,18 @@ def run(
     SIGTERM or SIGINT (Ctrl-C) stops gracefully: the plugin call in hand
     finishes and is saved, unstarted items go back to pending, exit 0.
     """
+    start_up: _StopDuringStartUp = click.get_current_context().find_root().meta["queuecore.start_up"]
     plugins = _require_plugins(state)
     queue = state.queue(create=True)
     with _errors(state.url):
         queue.init()
+    if start_up.requested:
+        log.info("stop requested while starting; nothing was claimed")
+        return
     if processes > 1:
         state.close()  # the supervisor itself does not use the database
-        _supervise(state, processes, burst=burst, batch_size=batch_size, lease=lease, max_trials=max_trials,
-                   retry_delay=retry_delay, concurrency=concurrency)
+        _supervise(state, start_up, processes, burst=burst, batch_size=batch_size, lease=lease,
+                   max_trials=max_trials, retry_delay=retry_delay, concurrency=concurrency)
         return
 
     from .runner import Runner
@@ -631,6 +676,7 @@ def run(
             queue, plugins.objects(), max_trials=max_trials, retry_delay=retry_delay,
             lease_seconds=lease, concurrency=concurrency,
         )
+    start_up.stops(runner)
     stderr = sys.stderr
     show = stderr.isatty() if progress is None else progress
     display = _Progress(stderr) if show else None
@@ -673,8 +719,8 @@ def _require_plugins(state: CliState) -> LoadedPlugins:
     return plugins
 
 
-def _supervise(state: CliState, processes: int, *, burst: bool, batch_size: int, lease: float,
-               max_trials: int, retry_delay: float, concurrency: int) -> None:
+def _supervise(state: CliState, start_up: _StopDuringStartUp, processes: int, *, burst: bool, batch_size: int,
+               lease: float, max_trials: int, retry_delay: float, concurrency: int) -> None:
     from .supervisor import Supervisor
 
     args = [*CHILD_COMMAND]
@@ -685,7 +731,9 @@ def _supervise(state: CliState, processes: int, *, burst: bool, batch_size: int,
         args.append("--burst")
     # The URL goes through the environment, not argv: `ps` shows argv to everyone.
     env = {**os.environ, URL_ENV_VAR: state.url}
-    code = Supervisor(args, processes, env=env, burst=burst).run()
+    supervisor = Supervisor(args, processes, env=env, burst=burst)
+    start_up.stops(supervisor)
+    code = supervisor.run()
     if code:
         raise CliError("runner processes kept failing; stopped all (see the log above)", code)
 

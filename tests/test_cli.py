@@ -727,6 +727,45 @@ def test_a_signal_stops_run_gracefully(signum: int, plugin_dir, tmp_path: Path, 
         assert item.trials == 0 and item.lease_owner is None
 
 
+SLOW_IMPORT_PLUGIN = """
+    import os, time
+    from queuecore import hookimpl
+
+    # Importing takes a while (say, a heavy dependency): signal the test, then wait.
+    open(os.environ["QC_TEST_CALLS"] + ".importing", "w").close()
+    time.sleep(3)
+
+    @hookimpl
+    def process_item(item):
+        with open(os.environ["QC_TEST_CALLS"], "a") as f:
+            f.write(f"{os.getpid()} {item.id}\\n")
+        return True
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_signal_during_start_up_ends_run_cleanly(processes: str, plugin_dir, tmp_path: Path, url: str,
+                                                    queue: Queue) -> None:
+    plugin_dir.add("rec", SLOW_IMPORT_PLUGIN)
+    queue.enqueue_many([("t", i) for i in range(5)])
+    calls = tmp_path / "calls.txt"
+    process = subprocess.Popen([*CHILD_COMMAND, "run", "--processes", processes],
+                               env=_process_env(plugin_dir, url, calls, sleep=0),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: Path(f"{calls}.importing").exists(), what="the plugin import")
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    # Not killed by the signal (-15): it ends as a graceful stop does, and claims nothing.
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    assert _calls(calls) == []
+    assert queue.counts()[Status.PENDING] == 5
+
+
 @pytest.mark.slow
 def test_processes_drain_the_queue_in_burst_mode(plugin_dir, tmp_path: Path, url: str,
                                                  queue: Queue) -> None:
