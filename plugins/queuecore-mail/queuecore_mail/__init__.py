@@ -66,6 +66,10 @@ class Settings:
             f"starttls={self.starttls}, tls={self.tls})"
         )
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifies the server's certificate: against ``cafile`` when set, else the system's CAs."""
+        return ssl.create_default_context(cafile=self.cafile)
+
     @classmethod
     def from_env(cls, environ: Any = None) -> Settings:
         """Read ``QUEUECORE_SMTP_*``; a bad value fails the try (retried) with a message naming the variable."""
@@ -178,7 +182,7 @@ def send(message: EmailMessage, settings: Settings) -> None:
     try:
         with _connect(settings) as smtp:
             if settings.starttls:
-                smtp.starttls(context=ssl.create_default_context(cafile=settings.cafile))
+                smtp.starttls(context=settings.ssl_context())
             if settings.user:
                 smtp.login(settings.user, settings.password or "")
             refused = smtp.send_message(message)
@@ -221,8 +225,7 @@ def send(message: EmailMessage, settings: Settings) -> None:
 
 def _connect(settings: Settings) -> smtplib.SMTP:
     if settings.tls:
-        context = ssl.create_default_context(cafile=settings.cafile)
-        return smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout, context=context)
+        return smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout, context=settings.ssl_context())
     return smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
 
 
