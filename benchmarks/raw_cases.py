@@ -427,17 +427,16 @@ def pg_drain_unnest(conn, owner: str = "raw", batch: int = BATCH) -> int:
     return done
 
 
-@case("pg.raw.unnest", backend="postgresql", group="floor", timeout=300,
-      units={"drain_cpu": "us/item (CPU)"}, floors={"drain_cpu": "pg.raw:drain_cpu"},
-      note="write-back as one UPDATE ... FROM unnest(ids, tokens, results) per batch")
-def pg_raw_unnest(ctx):
-    return _pg_1proc(ctx, pg_drain_unnest)
+def _pg_floor_variant(name: str, drain, note: str) -> None:
+    """Register ``name`` (one process, beside pg.raw) and ``name.4proc`` (beside pg.raw.4proc) for ``drain``."""
+    case(name, backend="postgresql", group="floor", timeout=300, units={"drain_cpu": "us/item (CPU)"},
+         floors={"drain_cpu": "pg.raw:drain_cpu"}, note=note)(lambda ctx: _pg_1proc(ctx, drain))
+    case(name + ".4proc", backend="postgresql", group="floor", timeout=300,
+         floors={"drain_4proc": "pg.raw.4proc:drain_4proc"})(lambda ctx: _pg_4proc(ctx, drain))
 
 
-@case("pg.raw.unnest.4proc", backend="postgresql", group="floor", timeout=300,
-      floors={"drain_4proc": "pg.raw.4proc:drain_4proc"})
-def pg_raw_unnest_4proc(ctx):
-    return _pg_4proc(ctx, pg_drain_unnest)
+_pg_floor_variant("pg.raw.unnest", pg_drain_unnest,
+                  "write-back as one UPDATE ... FROM unnest(ids, tokens, results) per batch")
 
 
 # ------------------------------------------------------------------ PostgreSQL, queuecore's own SQL shape
@@ -477,14 +476,5 @@ def pg_drain_json(conn, owner: str = "raw", batch: int = BATCH) -> int:
     return done
 
 
-@case("pg.raw.json", backend="postgresql", group="floor", timeout=300,
-      units={"drain_cpu": "us/item (CPU)"}, floors={"drain_cpu": "pg.raw:drain_cpu"},
-      note="claim by = ANY(ARRAY(...)), write-back as one jsonb_to_recordset document")
-def pg_raw_json(ctx):
-    return _pg_1proc(ctx, pg_drain_json)
-
-
-@case("pg.raw.json.4proc", backend="postgresql", group="floor", timeout=300,
-      floors={"drain_4proc": "pg.raw.4proc:drain_4proc"})
-def pg_raw_json_4proc(ctx):
-    return _pg_4proc(ctx, pg_drain_json)
+_pg_floor_variant("pg.raw.json", pg_drain_json,
+                  "claim by = ANY(ARRAY(...)), write-back as one jsonb_to_recordset document")
